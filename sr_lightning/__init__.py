@@ -1,0 +1,1 @@
+"""sr-lightning: a language model that proposes the next expression of a symbolic-regression search."""

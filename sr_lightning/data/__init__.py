@@ -1,0 +1,1 @@
+"""One-step data: text layout, generation, tokenizer, streaming and the DataModule."""

@@ -1,0 +1,171 @@
+"""The LightningDataModule: JSONL files (or the built-in default data) to batches.
+
+It owns the data position: the epoch and the number of training batches consumed are saved
+in every checkpoint (``state_dict``) so ``--ckpt_path last`` resumes mid-epoch on the very
+next batch, with the same shuffle.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from .dataset import EpochLoader, OneStepBatches, StreamSettings
+from .stream import FileSpec, cache_dir, resolve_files
+from .tokenizer import SRTokenizer
+
+log = logging.getLogger(__name__)
+
+
+def default_data_dir() -> Path:
+    return cache_dir() / "default_data"
+
+
+class OneStepDataModule(L.LightningDataModule):
+    """One-step pairs from JSONL files, sharded over ranks and workers, padded per batch.
+
+    Args:
+        train_files: Training JSONL (plain or ``.gz``): a path, a glob or a list. None: the
+            built-in default data set, generated on first use into ``default_data_dir``.
+        val_files: Validation JSONL (fixed and ordered). None with no train files: the default set's.
+        test_files: Test JSONL, like ``val_files``.
+        batch_size: Examples per training batch (per process).
+        val_batch_size: Examples per validation/test batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes per rank.
+        max_length: Context length; None takes the model's ``n_positions``.
+        seed: Seeds the shuffle (with the epoch and the rank).
+        shuffle_buffer: Lines in each reader's shuffle buffer.
+        length_grouping: Sort chunks of this many batches by length (0: off) to cut padding.
+        pad_to_multiple: Round batch widths up to a multiple of this (use 64-128 on GPUs).
+        include_target_token: Also train on predicting ``<TARGET>``, as the original did.
+        strict: Stop at the first bad line instead of skipping and counting it.
+        default_data_dir: Where the default data set is generated (default: the user cache).
+        default_problems: Problems in the generated default data set (split 80/10/10 by problem).
+        default_targets: ``ancestors`` (members that lead to the run's best) or ``all`` members.
+    """
+
+    def __init__(
+        self,
+        train_files: FileSpec | None = None,
+        val_files: FileSpec | None = None,
+        test_files: FileSpec | None = None,
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        max_length: int | None = None,
+        seed: int = 42,
+        shuffle_buffer: int = 10_000,
+        length_grouping: int = 50,
+        pad_to_multiple: int = 1,
+        include_target_token: bool = False,
+        strict: bool = False,
+        default_data_dir: str | None = None,
+        default_problems: int = 400,
+        default_targets: str = "ancestors",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer: SRTokenizer | None = None
+        self.datasets: dict[str, OneStepBatches] = {}
+        self.position = (0, 0)  # (epoch, training batches consumed in it)
+        self.skipped: Counter = Counter()  # training lines skipped, by reason
+
+    # -- files ----------------------------------------------------------------------------
+    def _default_dir(self) -> Path:
+        """One directory per (targets, problems, seed), so changing a setting never reuses stale data."""
+        h = self.hparams
+        root = Path(h.default_data_dir) if h.default_data_dir else default_data_dir()
+        return root / f"{h.default_targets}-{h.default_problems}problems-seed{h.seed}"
+
+    def _uses_default_data(self) -> bool:
+        return self.hparams.train_files is None and self.hparams.val_files is None
+
+    def _files(self, split: str) -> list[Path]:
+        spec = self.hparams[f"{split}_files"]
+        if spec is None and self._uses_default_data():
+            spec = self._default_dir() / f"{split}.jsonl"
+        return resolve_files(spec)
+
+    def prepare_data(self) -> None:
+        """Generate the default data set once (local rank 0 only, as Lightning arranges)."""
+        if not self._uses_default_data():
+            return
+        out = self._default_dir()
+        if (out / "manifest.json").is_file():
+            return
+        from ..sr.problems import ProblemConfig
+        from ..sr.search import SearchConfig
+        from .generate import Job, write_dataset
+
+        log.info("generating the default data set into %s (first use only)", out)
+        job = Job(self.hparams.seed, ProblemConfig(), SearchConfig(), self.hparams.default_targets)
+        write_dataset(out, self.hparams.default_problems, job, workers=max(1, os.cpu_count() or 1))
+
+    # -- datasets -------------------------------------------------------------------------
+    def _settings(self, shuffle: bool, batch_size: int, max_length: int) -> StreamSettings:
+        h = self.hparams
+        return StreamSettings(
+            batch_size=batch_size, max_length=max_length, shuffle=shuffle, shuffle_buffer=h.shuffle_buffer,
+            length_grouping=h.length_grouping if shuffle else 0, pad_to_multiple=h.pad_to_multiple,
+            include_target_token=h.include_target_token, strict=h.strict, seed=h.seed,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        module = self.trainer.lightning_module if self.trainer else None
+        if self.tokenizer is None:
+            self.tokenizer = getattr(module, "tokenizer", None) or SRTokenizer.default()
+        max_length = self.hparams.max_length or getattr(module, "max_length", None) or 2048
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        val_batch = self.hparams.val_batch_size or self.hparams.batch_size
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
+        for split in splits.get(stage, []):
+            files = self._files(split)
+            if not files:
+                continue
+            train = split == "train"
+            settings = self._settings(train, self.hparams.batch_size if train else val_batch, max_length)
+            self.datasets[split] = OneStepBatches(files, self.tokenizer, settings, rank, world)
+        if stage == "fit" and "train" not in self.datasets:
+            raise ValueError("no training data: set --data.train_files (a path, glob or list)")
+
+    def _loader(self, split: str, position) -> EpochLoader | list:
+        if split not in self.datasets:
+            return []
+        workers = self.hparams.num_workers
+        return EpochLoader(self.datasets[split], position, num_workers=workers,
+                           persistent_workers=False, pin_memory=False,
+                           prefetch_factor=4 if workers else None)
+
+    def train_dataloader(self) -> EpochLoader:
+        return self._loader("train", self._train_position)
+
+    def val_dataloader(self) -> EpochLoader | list:
+        return self._loader("val", lambda: (0, 0))
+
+    def test_dataloader(self) -> EpochLoader | list:
+        return self._loader("test", lambda: (0, 0))
+
+    def _train_position(self) -> tuple[int, int]:
+        epoch = self.trainer.current_epoch if self.trainer else 0
+        saved_epoch, consumed = self.position
+        return epoch, consumed if saved_epoch == epoch else 0
+
+    # -- position and bad-line counts -----------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training:
+            self.position = (batch["epoch"], batch["batch_index"] + 1)
+            self.skipped.update(batch["skipped"])
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, consumed = self.position
+        return {"epoch": epoch, "batches_consumed": consumed, "skipped": dict(self.skipped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.position = (state["epoch"], state["batches_consumed"])
+        self.skipped = Counter(state.get("skipped", {}))

@@ -1,0 +1,196 @@
+"""``python -m sr_lightning.data.generate``: BasicSR traces on random problems -> one-step JSONL.
+
+Writes ``train.jsonl``, ``val.jsonl``, ``test.jsonl``, the ``problems.json`` sidecar (X, y per
+expression id) and ``manifest.json`` into ``--out``. The split is by problem: all examples of
+one expression id land in one file, so validation never sees a training problem (the
+original split by example). Output is byte-identical for a seed whatever ``--workers`` is:
+problems are processed in a pool but consumed in order.
+
+One record per (generation g, target member of generation g+1): the model reads generation g
+and writes that member. ``--targets ancestors`` keeps only members that are ancestors of the
+run's final best (the original's ``*_ancs*`` files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sr_lightning.data.format import context_text, dump_record, make_record, population_text
+from sr_lightning.sr.problems import (
+    GENERATED_ID_BASE,
+    Problem,
+    ProblemConfig,
+    ProblemsWriter,
+    generated_id,
+    random_problem,
+)
+from sr_lightning.sr.search import Seed, SearchConfig, Trace, ancestors_of_best, run_search
+
+SIDECAR = "problems.json"
+SPLITS = ("train", "val", "test")
+TARGETS = ("all", "ancestors")
+_SEARCH_STREAM = 1  # seeds the search of a problem apart from the draw of the problem itself
+_SPLIT_STREAM = 2
+
+
+def target_indices(trace: Trace, targets: str) -> list[list[int]]:
+    """Per generation g+1 (g = 0 .. G-2), the member indices that become targets, ascending."""
+    if targets == "ancestors":
+        return [sorted(members) for members in ancestors_of_best(trace)[1:]]
+    if targets == "all":
+        return [list(range(len(g.expressions))) for g in trace.generations[1:]]
+    raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")
+
+
+def records_from_trace(trace: Trace, problem: Problem, targets: str = "all",
+                       source_file: str = SIDECAR) -> Iterator[dict]:
+    """The one-step records of a finished run, in generation then member order."""
+    config = trace.config
+    for g, members in enumerate(target_indices(trace, targets)):
+        current = trace.generations[g]
+        context = context_text(g, problem.n_vars, config.binary_ops, config.unary_ops, config.constants)
+        population = population_text(current.expressions, current.fitnesses)
+        following = trace.generations[g + 1].expressions
+        for k, member in enumerate(members):
+            metadata = {"target_expression": problem.name, "generation": g, "target_index": k,
+                        "source_expressions_file": source_file}
+            yield make_record(context, population, following[member], problem.expression_id, metadata)
+
+
+def generate_examples(problem: Problem, config: SearchConfig = SearchConfig(), targets: str = "all",
+                      seed: Seed = None, source_file: str = SIDECAR) -> Iterator[dict]:
+    """Run BasicSR on ``problem`` and yield its one-step records; the default seed derives from the problem's."""
+    search_seed = [problem.seed, _SEARCH_STREAM] if seed is None else seed
+    trace = run_search(problem.X, problem.y, config, search_seed)
+    yield from records_from_trace(trace, problem, targets, source_file)
+
+
+def problem_seed(seed: int, index: int) -> int:
+    """Seed of the ``index``-th problem of a dataset generated with ``seed``."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def split_of_problems(n_problems: int, val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """Split name per problem index: a seeded shuffle, then val, test and train shares (rounded)."""
+    n_val = round(n_problems * val_fraction)
+    n_test = round(n_problems * test_fraction)
+    if n_val + n_test > n_problems:
+        raise ValueError("val and test fractions leave no room")
+    order = np.random.default_rng([seed, _SPLIT_STREAM]).permutation(n_problems)
+    splits = ["train"] * n_problems
+    for position, index in enumerate(order[: n_val + n_test]):
+        splits[index] = "val" if position < n_val else "test"
+    return splits
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a worker needs to make one problem and its lines (picklable)."""
+
+    seed: int
+    problem: ProblemConfig
+    search: SearchConfig
+    targets: str
+
+
+def _problem_lines(task: tuple[Job, int]) -> tuple[Problem, list[str]]:
+    """The ``index``-th problem and its JSONL lines (runs in a worker process)."""
+    job, index = task
+    problem = random_problem(generated_id(index), problem_seed(job.seed, index), job.problem)
+    return problem, [dump_record(r) for r in generate_examples(problem, job.search, job.targets)]
+
+
+def _results(job: Job, n_problems: int, workers: int) -> Iterator[tuple[Problem, list[str]]]:
+    tasks = ((job, index) for index in range(n_problems))
+    if workers <= 1:
+        yield from map(_problem_lines, tasks)
+        return
+    with Pool(workers) as pool:
+        yield from pool.imap(_problem_lines, tasks)
+
+
+def write_dataset(out: str | Path, n_problems: int, job: Job, workers: int = 1,
+                  val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict:
+    """Generate ``n_problems`` problems into ``out``; returns the manifest it also writes."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    splits = split_of_problems(n_problems, val_fraction, test_fraction, job.seed)
+    counts = {name: {"problems": 0, "examples": 0} for name in SPLITS}
+    with ExitStack() as stack:
+        files = {name: stack.enter_context(open(out / f"{name}.jsonl", "w", encoding="utf-8")) for name in SPLITS}
+        sidecar = stack.enter_context(ProblemsWriter(out / SIDECAR))
+        progress = stack.enter_context(tqdm(total=n_problems, unit="problem", file=sys.stderr, disable=None))
+        for index, (problem, lines) in enumerate(_results(job, n_problems, workers)):
+            sidecar.add(problem)
+            split = splits[index]
+            files[split].writelines(line + "\n" for line in lines)
+            counts[split]["problems"] += 1
+            counts[split]["examples"] += len(lines)
+            progress.update()
+    manifest = {
+        "seed": job.seed, "problems": n_problems, "targets": job.targets,
+        "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "expression_ids": f"{GENERATED_ID_BASE} + problem index",
+        "search": asdict(job.search), "problem": asdict(job.problem), "splits": counts,
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def _ops(text: str) -> tuple[str, ...]:
+    return tuple(op for op in text.split(",") if op)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sr_lightning.data.generate", description=__doc__.split("\n")[0])
+    p.add_argument("--problems", type=int, required=True, help="number of random problems")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--targets", choices=TARGETS, default="all")
+    p.add_argument("--generations", type=int, default=SearchConfig.generations)
+    p.add_argument("--population", type=int, default=SearchConfig.population_size)
+    p.add_argument("--max-size", type=int, default=SearchConfig.max_size, help="BasicSR node limit")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--min-vars", type=int, default=ProblemConfig.min_vars)
+    p.add_argument("--max-vars", type=int, default=ProblemConfig.max_vars)
+    p.add_argument("--binary-ops", type=_ops, default=SearchConfig.binary_ops, help="comma list, e.g. '*,+,-'")
+    p.add_argument("--unary-ops", type=_ops, default=(), help="comma list, e.g. 'sin,cos' (default none)")
+    return p
+
+
+def job_from_args(args: argparse.Namespace) -> Job:
+    search = SearchConfig(population_size=args.population, generations=args.generations, max_size=args.max_size,
+                          binary_ops=args.binary_ops, unary_ops=args.unary_ops)
+    problem = ProblemConfig(min_vars=args.min_vars, max_vars=args.max_vars, binary_ops=args.binary_ops,
+                            unary_ops=args.unary_ops)
+    return Job(args.seed, problem, search, args.targets)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    manifest = write_dataset(args.out, args.problems, job_from_args(args), args.workers,
+                             args.val_fraction, args.test_fraction)
+    seconds = time.perf_counter() - start
+    examples = sum(split["examples"] for split in manifest["splits"].values())
+    print(f"{examples} examples from {args.problems} problems in {seconds:.1f}s "
+          f"({examples / max(seconds, 1e-9):.0f}/s) -> {args.out}", file=sys.stderr)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Batched greedy / sampled decoding with the KV cache.
+
+Prompts of different lengths are LEFT-padded so that every sequence's next token sits in
+the last column; an attention mask hides the pads and position ids restart at 0 on each
+sequence's first real token, so a padded prompt decodes exactly as it would alone.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sr_lightning.model import GPTNeo
+
+
+def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: int,
+             max_new_tokens: int = 96, temperature: float = 0.0, top_k: int | None = None,
+             generator: torch.Generator | None = None, use_cache: bool = True,
+             batch_size: int | None = None) -> list[list[int]]:
+    """Each prompt's new tokens, up to (not including) `eos_id`.
+
+    temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted
+    to the `top_k` most likely tokens when given. With `batch_size`, prompts are decoded in
+    batches of similar length (less padding); results keep the order of `prompts`.
+    A sequence also ends when it reaches the model's last position.
+    `use_cache=False` recomputes the whole sequence each step: the slow reference.
+    """
+    if any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    order = list(range(len(prompts)))
+    if batch_size:
+        order.sort(key=lambda i: len(prompts[i]))
+    size = batch_size or max(len(prompts), 1)
+    results: list[list[int]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(order), size):
+                chunk = order[start:start + size]
+                outputs = _generate_batch(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens,
+                                          temperature, top_k, generator, use_cache)
+                for i, out in zip(chunk, outputs):
+                    results[i] = out
+    finally:
+        # Callbacks generate in the middle of training; give the model back as it came.
+        model.train(was_training)
+    return results
+
+
+def _generate_batch(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
+                    temperature: float, top_k: int | None, generator: torch.Generator | None,
+                    use_cache: bool) -> list[list[int]]:
+    device = model.wte.weight.device
+    width = max(len(p) for p in prompts)
+    if width > model.config.n_positions:
+        raise ValueError(f"prompt of {width} tokens exceeds the model's {model.config.n_positions} positions")
+    steps = min(max_new_tokens, model.config.n_positions - width)
+    ids, mask = _left_pad(prompts, pad_id, device)
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    cache = model.new_kv_cache(len(prompts), width + steps) if use_cache else None
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    new_tokens = []
+    step_ids, step_positions = ids, positions
+    for _ in range(steps):
+        hidden = model(step_ids, position_ids=step_positions, attention_mask=mask, kv_cache=cache)
+        token = _pick(model.lm_head(hidden[:, -1]), temperature, top_k, generator)
+        token = token.masked_fill(finished, pad_id)
+        new_tokens.append(token)
+        finished |= token == eos_id
+        if bool(finished.all()):
+            break
+        token, next_position = token.unsqueeze(1), positions[:, -1:] + 1
+        ids = torch.cat([ids, token], dim=1)
+        positions = torch.cat([positions, next_position], dim=1)
+        mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
+        # With a cache only the new token goes in; without one, the whole sequence again.
+        step_ids, step_positions = (token, next_position) if use_cache else (ids, positions)
+    if not new_tokens:
+        return [[] for _ in prompts]
+    return [_until_eos(row, eos_id) for row in torch.stack(new_tokens, dim=1).tolist()]
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [B, T] padded on the left, and the mask of real tokens."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt):] = True
+    return ids.to(device), mask.to(device)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None,
+          generator: torch.Generator | None) -> torch.Tensor:
+    """Next token per row: argmax at temperature 0, else a (top-k) sample."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+
+
+def _until_eos(tokens: list[int], eos_id: int) -> list[int]:
+    return tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens

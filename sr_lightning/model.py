@@ -1,0 +1,240 @@
+"""GPT-Neo-architecture language model in one readable file (SPEC section 5).
+
+The forward pass returns hidden states, not logits: training gathers the few target
+positions first and runs `lm_head` on them alone, which skips most of the work of a
+50k-vocabulary head. Module names follow Hugging Face's GPT-Neo (`wte`, `h.{i}.ln_1`, ...)
+so that `interop` maps weights by a plain rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESETS: dict[str, dict[str, int]] = {
+    # CPU-sized model for smoke runs and tests.
+    "micro": dict(hidden_size=128, n_layers=2, n_heads=4, n_positions=1024),
+    # The original "gpt-neo-tiny" (16.55 M parameters with the 50,261 vocabulary).
+    "tiny": dict(hidden_size=256, n_layers=4, n_heads=8, n_positions=2048),
+    # The original "small" ("s") model.
+    "small": dict(hidden_size=1024, n_layers=16, n_heads=16, n_positions=4096),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape and regularisation of the model; the defaults are the "tiny" preset."""
+
+    vocab_size: int = 50261
+    """Token embedding rows; also the output vocabulary (the head is tied to `wte`)."""
+    n_positions: int = 2048
+    """Learned absolute positions, i.e. the longest sequence the model can read."""
+    hidden_size: int = 256
+    """Width of the residual stream."""
+    n_layers: int = 4
+    """Number of transformer blocks."""
+    n_heads: int = 8
+    """Attention heads per block; must divide `hidden_size`."""
+    intermediate_size: int | None = None
+    """MLP hidden width; None means 4 x `hidden_size` (GPT-Neo's default)."""
+    embed_dropout: float = 0.1
+    """Dropout on token + position embeddings."""
+    attn_dropout: float = 0.1
+    """Dropout on attention probabilities."""
+    resid_dropout: float = 0.1
+    """Dropout on each block's attention and MLP outputs before the residual add."""
+    layer_norm_eps: float = 1e-5
+    """LayerNorm epsilon."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.n_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}")
+
+    @property
+    def mlp_size(self) -> int:
+        """The MLP hidden width with the None default resolved."""
+        return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.n_heads
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        """A named size ("micro", "tiny", "small") with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+class KVCache:
+    """Preallocated keys and values of every layer, so decoding appends without copying.
+
+    Tensors are [layers, batch, heads, max_len, head_dim]; `length` counts the positions
+    already written. The model advances `length` once per forward, after all layers.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        shape = (config.n_layers, batch_size, config.n_heads, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's keys/values of one layer and return the whole prefix."""
+        end = self.length + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {end} needed")
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head attention, GPT-Neo flavour: no bias on q/k/v, and no 1/sqrt(d) scale."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        h = config.hidden_size
+        self.n_heads = config.n_heads
+        self.q_proj = nn.Linear(h, h, bias=False)
+        self.k_proj = nn.Linear(h, h, bias=False)
+        self.v_proj = nn.Linear(h, h, bias=False)
+        self.out_proj = nn.Linear(h, h, bias=True)
+        self.attn_dropout = config.attn_dropout
+        self.resid_dropout = nn.Dropout(config.resid_dropout)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, h = x.shape
+        return x.view(b, t, self.n_heads, h // self.n_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v)
+        # Without a mask the causal flag alone lets SDPA pick its fast (flash) kernels.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None,
+            dropout_p=self.attn_dropout if self.training else 0.0, scale=1.0,
+        )
+        y = y.transpose(1, 2).reshape(x.shape)
+        return self.resid_dropout(self.out_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.hidden_size, config.mlp_size)
+        self.c_proj = nn.Linear(config.mlp_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.resid_dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-Neo's "gelu_new" is the tanh approximation.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                kv_cache: KVCache | None, layer: int) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, kv_cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPTNeo(nn.Module):
+    """Decoder-only LM: embeddings -> blocks -> final LayerNorm; `lm_head` is separate."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.wpe = nn.Embedding(config.n_positions, config.hidden_size)
+        self.drop = nn.Dropout(config.embed_dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.apply(_init_weights)
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Hidden states [B, T, H] after the final LayerNorm.
+
+        `position_ids` default to 0..T-1 (continuing after the cache's prefix).
+        `attention_mask` (bool, True = real token) is only needed for LEFT padding; it covers
+        every key, i.e. [B, cache.length + T] when a cache is given. Right padding needs no
+        mask: causal attention already keeps real tokens from seeing the pads after them.
+        """
+        past = kv_cache.length if kv_cache is not None else 0
+        t = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0)
+        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        mask = None
+        if attention_mask is not None or kv_cache is not None:
+            mask = _attention_mask(attention_mask, past, t, input_ids.device)
+        for layer, block in enumerate(self.h):
+            x = block(x, mask, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        return self.ln_f(x)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the vocabulary; the output matrix is the (tied) token embedding."""
+        return F.linear(hidden, self.wte.weight)
+
+    def new_kv_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
+                     dtype: torch.dtype | None = None) -> KVCache:
+        """An empty cache on the model's device and dtype unless told otherwise."""
+        weight = self.wte.weight
+        return KVCache(self.config, batch_size, max_len, device or weight.device, dtype or weight.dtype)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, the tied embedding counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+
+def _attention_mask(key_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask [B|1, 1, T, past+T]: causal, minus padded keys.
+
+    Every query may always see itself, so pad rows never become all-masked: a fully masked
+    row would give NaN, and NaN values leak into real tokens even at attention weight 0.
+    """
+    q_pos = torch.arange(past, past + t, device=device).unsqueeze(1)
+    k_pos = torch.arange(past + t, device=device).unsqueeze(0)
+    mask = k_pos <= q_pos
+    if key_mask is None:
+        return mask
+    if key_mask.shape[1] != past + t:
+        raise ValueError(f"attention_mask covers {key_mask.shape[1]} positions, expected {past + t}")
+    return mask & (key_mask[:, None, None, :].bool() | (k_pos == q_pos))
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT-Neo / Hugging Face initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,233 @@
+"""The LightningModule: a GPT-Neo LM trained on the target of one-step examples only.
+
+Only target positions carry labels, so the hidden states at those positions are gathered
+first and the LM head runs on them alone: the prompt (95%+ of the tokens) never reaches the
+head. Validation logs what the original's users had to dig out by hand: per-token loss, NLL per
+target, first-token accuracy beside the majority baseline, and token accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data.batches import IGNORE
+from .data.tokenizer import SRTokenizer
+from .metrics import (
+    FirstTokenAccuracy,
+    FirstTokenMajorityBaseline,
+    TargetNLL,
+    TargetTokenNLL,
+    TokenAccuracy,
+    TokenHistogram,
+)
+from .model import GPTNeo, ModelConfig
+
+log = logging.getLogger(__name__)
+PROGRESS_KEYS = ("examples_seen", "tokens_seen", "target_tokens_seen", "truncated_examples")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the batch's examples."""
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """Learning-rate factor: linear warmup from 0, then cosine decay to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class OneStepLM(L.LightningModule):
+    """Trains and validates the one-step model.
+
+    Args:
+        preset: Model size: ``micro``, ``tiny`` (the original's) or ``small``.
+        model_overrides: ModelConfig fields to change, e.g. ``{n_positions: 1024, embed_dropout: 0.0}``.
+            ``vocab_size`` always follows the tokenizer.
+        tokenizer_file: A tokenizers JSON file; None: the domain tokenizer shipped with the package.
+        tokenizer_json: The tokenizer itself; filled in automatically so checkpoints are self-contained.
+        init_from: Start from an HF GPT-Neo directory (``config.json`` + weights) of the original system.
+        learning_rate: Peak AdamW learning rate.
+        weight_decay: Decay applied to matrices only (not to biases or LayerNorm weights).
+        betas: AdamW betas.
+        warmup_steps: Linear warmup, in optimizer steps.
+        min_lr_ratio: The cosine schedule ends at ``learning_rate * min_lr_ratio``.
+        compile: Wrap the model in ``torch.compile`` (GPU runs; off on CPU tests).
+        on_nonfinite: ``stop`` (save the last good state and raise) or ``skip`` the batch.
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        model_overrides: dict[str, Any] | None = None,
+        tokenizer_file: str | None = None,
+        tokenizer_json: str | None = None,
+        init_from: str | None = None,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 0.01,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 4000,
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+        on_nonfinite: Literal["stop", "skip"] = "stop",
+    ):
+        super().__init__()
+        if tokenizer_json is not None:
+            self.tokenizer = SRTokenizer.from_str(tokenizer_json)
+        else:
+            self.tokenizer = SRTokenizer.load(tokenizer_file)
+        self.save_hyperparameters(logger=False)
+        self.hparams.tokenizer_json = self.tokenizer.to_str()
+        self.model = self._build_model(preset, model_overrides or {}, init_from)
+        self.hparams.init_from = None  # the weights now live in the checkpoint
+        if compile:
+            self.model.compile()  # in place: checkpoint keys stay those of the plain model
+        vocab = self.model.config.vocab_size
+        self.val_loss, self.val_nll_per_target = TargetTokenNLL(), TargetNLL()
+        self.val_first_token_acc, self.val_token_acc = FirstTokenAccuracy(), TokenAccuracy()
+        self.val_first_token_majority = FirstTokenMajorityBaseline(vocab)
+        self.first_token_predicted, self.first_token_true = TokenHistogram(vocab), TokenHistogram(vocab)
+        self.progress = dict.fromkeys(PROGRESS_KEYS, 0)
+
+    def _build_model(self, preset: str, overrides: dict[str, Any], init_from: str | None) -> GPTNeo:
+        if init_from is not None:
+            from .interop import load_hf_gpt_neo
+
+            model = load_hf_gpt_neo(init_from)
+            if model.config.vocab_size < self.tokenizer.vocab_size:
+                raise ValueError(f"{init_from}: vocabulary of {model.config.vocab_size} entries is smaller "
+                                 f"than the tokenizer's {self.tokenizer.vocab_size}")
+            return model
+        config = ModelConfig.preset(preset, **{**overrides, "vocab_size": self.tokenizer.vocab_size})
+        return GPTNeo(config)
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.n_positions
+
+    # -- loss -----------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self.model(input_ids)
+
+    def _step(self, batch: dict, stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Hidden states, then the head on labelled positions only: (loss sum, logits, labels)."""
+        hidden = self(batch["input_ids"])
+        labels = batch["labels"]
+        mask = labels != IGNORE
+        logits = self.model.lm_head(hidden[mask])
+        targets = labels[mask]
+        nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        if not targets.numel():  # a label-free padding batch: keep every parameter in the graph
+            nll_sum = nll_sum.nan_to_num(0.0) + 0.0 * hidden.sum()
+        if stage != "train":
+            self._update_metrics(batch, hidden, logits, targets, nll_sum)
+        return nll_sum, logits, targets
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        nll_sum, _, targets = self._step(batch, "train")
+        loss = nll_sum / max(1, targets.numel())
+        if not self._count_progress(batch, targets, finite=bool(torch.isfinite(loss))):
+            return self._nonfinite(batch, loss)
+        self.log("train/loss", loss, prog_bar=True, batch_size=max(1, batch["n_examples"]))
+        epoch_fraction = self.current_epoch + (batch_idx + 1) / max(1, self.trainer.num_training_batches)
+        self.log_dict({f"progress/{k}": float(v) for k, v in self.progress.items()}, batch_size=1)
+        self.log("progress/epoch", epoch_fraction, batch_size=1)
+        self.log("progress/skipped_lines", float(self._skipped_lines()), batch_size=1)
+        return loss
+
+    def _count_progress(self, batch: dict, targets: Tensor, finite: bool) -> bool:
+        """Add this step's counts, summed over all processes; False when any loss is non-finite."""
+        counts = torch.tensor([batch["n_examples"], batch["n_tokens"], targets.numel(),
+                               batch["n_truncated"], 0 if finite else 1], dtype=torch.float64, device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        for key, value in zip(PROGRESS_KEYS, counts.tolist()):
+            self.progress[key] += int(value)
+        return counts[-1].item() == 0
+
+    def _skipped_lines(self) -> int:
+        datamodule = self.trainer.datamodule
+        return sum(getattr(datamodule, "skipped", {}).values())
+
+    def _nonfinite(self, batch: dict, loss: Tensor) -> None:
+        step, sources = self.global_step, batch["sources"]
+        shown = ", ".join(sources[:8]) + (f" and {len(sources) - 8} more" if len(sources) > 8 else "")
+        if self.hparams.on_nonfinite == "skip":
+            log.warning("non-finite loss (%s) at step %d: batch skipped (examples %s)", loss.item(), step, shown)
+            return None
+        path = Path(self.trainer.log_dir or ".") / "checkpoints" / f"nonfinite-step{step}-last-good.ckpt"
+        self.trainer.save_checkpoint(path)
+        raise NonFiniteLossError(f"non-finite loss at step {step} (examples {shown}); "
+                                 f"the last good state is saved in {path}")
+
+    # -- validation -----------------------------------------------------------------------
+    def _update_metrics(self, batch: dict, hidden: Tensor, logits: Tensor, targets: Tensor, nll_sum: Tensor) -> None:
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        positions = batch["target_positions"]
+        first_logits = self.model.lm_head(hidden[rows, positions])
+        first_true = batch["input_ids"][rows, positions + 1]
+        n = batch["n_examples"]
+        self.val_loss.update(nll_sum, targets.numel())
+        self.val_nll_per_target.update(nll_sum, n)
+        self.val_token_acc.update(logits, targets)
+        self.val_first_token_acc.update(first_logits[:n], first_true[:n])
+        self.val_first_token_majority.update(first_true[:n])
+        self.first_token_predicted.update(first_logits[:n].argmax(-1))
+        self.first_token_true.update(first_true[:n])
+
+    def on_validation_epoch_start(self) -> None:
+        self.first_token_predicted.reset()
+        self.first_token_true.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+        self._log_metrics("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = {
+            "loss": self.val_loss, "nll_per_target": self.val_nll_per_target,
+            "first_token_acc": self.val_first_token_acc, "token_acc": self.val_token_acc,
+            "first_token_majority": self.val_first_token_majority,
+        }
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss")
+
+    # -- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self) -> dict:
+        h = self.hparams
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": h.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, betas=tuple(h.betas), fused=fused)
+        total = self.trainer.estimated_stepping_batches
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, h.warmup_steps, int(total), h.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["progress"] = dict(self.progress)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.progress.update(checkpoint.get("progress", {}))
+
+    def on_fit_start(self) -> None:
+        """Put the tokenizer beside the checkpoints so a run directory is self-contained."""
+        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
+            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save(Path(self.trainer.log_dir) / "tokenizer.json")

@@ -1,0 +1,1 @@
+"""Symbolic regression: expression trees, the BasicSR search and its target problems."""
