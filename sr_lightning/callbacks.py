@@ -31,10 +31,11 @@ def _tensorboard(trainer: L.Trainer):
 
 
 class SampleTable(L.Callback):
-    """Greedy predictions for the first ``n_samples`` validation examples, as a Markdown table.
+    """Greedy predictions for ``n_samples`` fixed validation examples, as a Markdown table.
 
     Args:
-        n_samples: Validation examples shown (the first ones: the set is fixed and ordered).
+        n_samples: Validation examples shown: the first of evenly spaced batches (the set is fixed
+            and ordered, so they are the same at every validation).
         max_new_tokens: Decoding budget per sample.
         prompt_tail_chars: How much of the end of each prompt to show.
     """
@@ -45,11 +46,13 @@ class SampleTable(L.Callback):
         self.targets: list[list[int]] = []
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if len(self.prompts) >= self.n_samples or trainer.sanity_checking:
+        """Keep the first example of every ``stride``-th batch: samples spread over the whole set."""
+        stride = max(1, int(trainer.num_val_batches[0]) // self.n_samples)
+        if len(self.prompts) >= self.n_samples or trainer.sanity_checking or batch_idx % stride:
             return
         ids, positions, labels = batch["input_ids"].cpu(), batch["target_positions"].cpu(), batch["labels"].cpu()
         eos = pl_module.tokenizer.eos_id
-        for row in range(min(batch["n_examples"], self.n_samples - len(self.prompts))):
+        for row in range(min(batch["n_examples"], 1)):
             start = int(positions[row])
             end = int((labels[row] != -100).nonzero().max()) + 1  # the closing eos position
             self.prompts.append(ids[row, : start + 1].tolist())

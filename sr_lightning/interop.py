@@ -2,51 +2,76 @@
 
 Our module names mirror GPT-Neo's, so a weight name maps by adding the `transformer.`
 prefix and GPT-Neo's extra `attention.` level inside `attn`. GPT-Neo uses nn.Linear (not
-GPT-2's Conv1D), so no weight is transposed.
+GPT-2's Conv1D), so no weight is transposed. The original's checkpoint directories
+(`checkpoint-20000/`) load with `load_hf_directory`, which also finds their tokenizer.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from sr_lightning.data.tokenizer import SRTokenizer
 from sr_lightning.model import GPTNeo, ModelConfig
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_EOS_ID = 50256  # <|endoftext|>: GPT-Neo's bos, eos and pad
+# ModelConfig fields that fine-tuning may change on an imported model: they shape no weight.
+REGULARISATION_FIELDS = ("embed_dropout", "attn_dropout", "resid_dropout")
 # Causal-mask buffers that old transformers versions saved with the weights.
 IGNORED_SUFFIXES = (".attn.attention.bias", ".attn.attention.masked_bias")
+# transformers' GPTNeoConfig defaults: a key missing from config.json means this value there.
+HF_DEFAULTS = {
+    "model_type": "gpt_neo", "vocab_size": 50257, "max_position_embeddings": 2048, "hidden_size": 2048,
+    "num_layers": 24, "num_heads": 16, "attention_types": [[["global", "local"], 12]], "intermediate_size": None,
+    "activation_function": "gelu_new", "embed_dropout": 0.0, "attention_dropout": 0.0, "resid_dropout": 0.0,
+    "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
+}
 
 
 def config_from_hf(hf: dict, source: str = CONFIG_FILE) -> ModelConfig:
-    """Our config from a GPT-Neo config.json dict; refuses what our model cannot represent."""
-    layers = hf.get("attention_layers") or _expand_attention_types(hf.get("attention_types", []))
+    """Our config from a GPT-Neo config.json dict, read as transformers reads it.
+
+    Refuses what our model cannot represent: another model type, local attention (GPT-Neo
+    takes the layer kinds from `attention_types`), another activation, an untied head.
+    """
+    hf = {**HF_DEFAULTS, **hf}
+    if hf["model_type"] != "gpt_neo":
+        raise ValueError(f"{source}: model_type must be 'gpt_neo', got {hf['model_type']!r}")
+    layers = _expand_attention_types(hf["attention_types"])
     if len(layers) != hf["num_layers"] or any(kind != "global" for kind in layers):
         raise ValueError(f"{source}: only global attention in every layer is supported, but "
-                         f"attention_layers={layers} (attention_types={hf.get('attention_types')}) "
-                         f"for num_layers={hf['num_layers']}")
-    if hf.get("activation_function", "gelu_new") != "gelu_new":
+                         f"attention_types={hf['attention_types']} gives {layers} for num_layers={hf['num_layers']}")
+    if hf["activation_function"] != "gelu_new":
         raise ValueError(f"{source}: activation_function must be 'gelu_new', got {hf['activation_function']!r}")
-    if hf.get("tie_word_embeddings", True) is False:
+    if not hf["tie_word_embeddings"]:
         raise ValueError(f"{source}: tie_word_embeddings=false is not supported (our head is tied)")
-    return ModelConfig(
-        vocab_size=hf["vocab_size"],
-        n_positions=hf["max_position_embeddings"],
-        hidden_size=hf["hidden_size"],
-        n_layers=hf["num_layers"],
-        n_heads=hf["num_heads"],
-        intermediate_size=hf.get("intermediate_size"),
-        embed_dropout=hf.get("embed_dropout", 0.0),
-        attn_dropout=hf.get("attention_dropout", 0.0),
-        resid_dropout=hf.get("resid_dropout", 0.0),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-    )
+    try:
+        return ModelConfig(
+            vocab_size=hf["vocab_size"],
+            n_positions=hf["max_position_embeddings"],
+            hidden_size=hf["hidden_size"],
+            n_layers=hf["num_layers"],
+            n_heads=hf["num_heads"],
+            intermediate_size=hf["intermediate_size"],
+            embed_dropout=hf["embed_dropout"],
+            attn_dropout=hf["attention_dropout"],
+            resid_dropout=hf["resid_dropout"],
+            layer_norm_eps=hf["layer_norm_epsilon"],
+        )
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from error
 
 
 def config_to_hf(config: ModelConfig, bos_id: int = GPT2_EOS_ID, eos_id: int = GPT2_EOS_ID,
@@ -80,17 +105,60 @@ def config_to_hf(config: ModelConfig, bos_id: int = GPT2_EOS_ID, eos_id: int = G
 
 def load_hf_gpt_neo(path: str | Path) -> GPTNeo:
     """A GPTNeo from a Hugging Face GPT-Neo directory (config.json + safetensors or .bin)."""
+    config, hf_state, weights_file = _read_directory(Path(path))
+    return _build(config, hf_state, weights_file)
+
+
+def is_hf_directory(path: str | Path) -> bool:
+    """True for a directory holding a config.json, i.e. one `load_hf_gpt_neo` should read."""
+    return (Path(path) / CONFIG_FILE).is_file()
+
+
+def load_hf_directory(path: str | Path, tokenizer_file: str | Path | None = None) -> tuple[GPTNeo, SRTokenizer]:
+    """Model and tokenizer of an HF GPT-Neo directory; `tokenizer_file` replaces DIR/tokenizer.json.
+
+    A GPT-2/GPT-Neo tokenizer file without the four one-step markers gets them appended
+    (ids 50257-50260, the original's order). Refuses a tokenizer with ids the model lacks.
+    """
     path = Path(path)
-    config_file = path / CONFIG_FILE
-    config = config_from_hf(json.loads(config_file.read_text()), str(config_file))
-    weights_file = _weights_file(path)
-    if weights_file.suffix == ".safetensors":
-        hf_state = load_file(str(weights_file))
-    else:
-        hf_state = torch.load(weights_file, map_location="cpu", weights_only=True)
-    model = GPTNeo(config)
-    model.load_state_dict(_from_hf_names(hf_state, model, str(weights_file)))
-    return model
+    if tokenizer_file is None:
+        tokenizer_file = _directory_tokenizer_file(path)
+    model = load_hf_gpt_neo(path)
+    tokenizer = SRTokenizer.from_file(tokenizer_file)
+    check_vocab_fits(model, tokenizer, f"{path} with tokenizer {tokenizer_file}")
+    return model, tokenizer
+
+
+def check_vocab_fits(model: GPTNeo, tokenizer: SRTokenizer, source: str) -> None:
+    """Every token id must have an embedding row; a larger (padded) model vocabulary is fine."""
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"{source}: the tokenizer has {tokenizer.vocab_size} entries but the model's vocabulary "
+                         f"only {model.config.vocab_size}; this is not the tokenizer the model was trained with")
+
+
+def load_for_fine_tuning(path: str | Path, tokenizer: SRTokenizer | None = None,
+                         overrides: dict[str, Any] | None = None) -> tuple[GPTNeo, SRTokenizer]:
+    """Model and tokenizer to continue training an HF GPT-Neo directory's weights.
+
+    `tokenizer` None takes DIR/tokenizer.json. The vocabularies must match exactly: our
+    checkpoints size the model by the tokenizer. Of `overrides` (ModelConfig fields) only the
+    dropouts apply; the shape is the checkpoint's, so differing shape fields are ignored, with
+    a warning (a config such as quickstart.yaml may set `n_positions`).
+    """
+    path = Path(path)
+    config, hf_state, weights_file = _read_directory(path)
+    if tokenizer is None:
+        tokenizer = SRTokenizer.from_file(_directory_tokenizer_file(path))
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"{path}: the model's vocabulary has {config.vocab_size} entries, the tokenizer's "
+                         f"{tokenizer.vocab_size}; fine-tuning needs the tokenizer the model was trained with")
+    wanted = replace(config, **(overrides or {}))  # a misspelt field fails here
+    ignored = {k: v for k, v in (overrides or {}).items()
+               if k not in REGULARISATION_FIELDS and v != getattr(config, k)}
+    if ignored:
+        log.warning("%s: ignoring model_overrides %s; the model's shape comes from its %s", path, ignored, CONFIG_FILE)
+    config = replace(config, **{k: getattr(wanted, k) for k in REGULARISATION_FIELDS})
+    return _build(config, hf_state, weights_file), tokenizer
 
 
 def save_hf_gpt_neo(model: GPTNeo, out_dir: str | Path, tokenizer_json: str | None = None, *,
@@ -114,6 +182,33 @@ def save_hf_gpt_neo(model: GPTNeo, out_dir: str | Path, tokenizer_json: str | No
     return out_dir
 
 
+def _read_directory(path: Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Path]:
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face GPT-Neo directory ({CONFIG_FILE} not found)")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_file}: not valid JSON ({error})") from error
+    config = config_from_hf(hf_config, str(config_file))
+    weights_file = _weights_file(path)
+    return config, _read_weights(weights_file), weights_file
+
+
+def _build(config: ModelConfig, hf_state: dict[str, torch.Tensor], source: Path) -> GPTNeo:
+    model = GPTNeo(config)
+    model.load_state_dict(_from_hf_names(hf_state, model, str(source)))
+    return model
+
+
+def _directory_tokenizer_file(path: Path) -> Path:
+    tokenizer_file = path / TOKENIZER_FILE
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"{path}: no {TOKENIZER_FILE} in the checkpoint directory; "
+                                "give the tokenizer file it was trained with explicitly")
+    return tokenizer_file
+
+
 def _expand_attention_types(attention_types: list) -> list[str]:
     """[[["global", "local"], 2]] -> ["global", "local", "global", "local"] (GPT-Neo's rule)."""
     return [kind for kinds, repeat in attention_types for _ in range(repeat) for kind in kinds]
@@ -124,6 +219,15 @@ def _weights_file(path: Path) -> Path:
         if (path / name).is_file():
             return path / name
     raise FileNotFoundError(f"{path}: neither {SAFETENSORS_FILE} nor {TORCH_FILE} found")
+
+
+def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:
+    try:
+        if weights_file.suffix == ".safetensors":
+            return load_file(str(weights_file))
+        return torch.load(weights_file, map_location="cpu", weights_only=True)
+    except Exception as error:  # safetensors, pickle and zip each raise their own kind
+        raise ValueError(f"{weights_file}: cannot read the weights ({type(error).__name__}: {error})") from error
 
 
 def _to_hf_name(name: str) -> str:

@@ -8,8 +8,10 @@ so that `interop` maps weights by a plain rename.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -101,6 +103,158 @@ class KVCache:
         self.length += n
 
 
+QUERY_BLOCK = 128
+"""Queries per chunk of `dropout_attention`: a block of queries needs only the keys up to its end."""
+CHUNK_ELEMENTS = 1 << 22
+"""Scores per chunk of `dropout_attention` (16 MiB in fp32). Smaller chunks were no faster on one
+thread and far slower on two threads of a busy CPU, where every small op waits for both."""
+
+
+def dropout_multiplier(shape: tuple[int, ...], p: float, seed: int) -> torch.Tensor:
+    """Dropout as a float factor: 0 where an element drops, 1 / (1 - p) where it stays.
+
+    P(drop) is p rounded to a multiple of 1/65536. Why not `bernoulli_`: on CPU it draws a
+    double per element and cost more than the attention matmuls it masks; 16 bits of numpy's
+    SFC64 generator per element are ~20x cheaper.
+    """
+    drops = round(p * 65536)
+    bits = np.random.SFC64(seed).random_raw(-(-math.prod(shape) // 4)).view(np.uint16)[:math.prod(shape)]
+    factor = np.greater_equal(bits, drops) * np.float32(65536 / (65536 - drops))
+    return torch.from_numpy(factor).view(shape)
+
+
+def _seed() -> int:
+    """A seed for numpy's generator drawn from torch's, so `torch.manual_seed` fixes every mask."""
+    return int(torch.randint(2**62, (1,)))
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout` whose CPU masks come from `dropout_multiplier` (same result, a fraction of the time)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.p) or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return super().forward(x)
+        return x * dropout_multiplier(x.shape, self.p, _seed()).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Rows [r0, r1) of the flattened (example, head) dimension, queries [q0, q1): causal, so keys [0, q1)."""
+
+    r0: int
+    r1: int
+    q0: int
+    q1: int
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.r0:self.r1, self.q0:self.q1]
+
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        return x[self.r0:self.r1, :self.q1]
+
+
+def _chunks(shape: torch.Size) -> list[_Chunk]:
+    """Chunks of about `CHUNK_ELEMENTS` scores over [rows, T, head_dim] tensors."""
+    rows, t, _ = shape
+    block = min(t, QUERY_BLOCK)
+    per_chunk = max(1, CHUNK_ELEMENTS // (block * t))
+    return [_Chunk(r0, min(rows, r0 + per_chunk), q0, min(t, q0 + block))
+            for r0 in range(0, rows, per_chunk) for q0 in range(0, t, block)]
+
+
+def _causal_probs(q: torch.Tensor, k: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
+    """softmax(q k^T) of one chunk, causal: only its diagonal block has keys to hide. [rows, queries, keys]"""
+    scores = torch.bmm(chunk.queries(q), chunk.keys(k).transpose(1, 2))
+    n = chunk.q1 - chunk.q0
+    scores[:, :, chunk.q0:].add_(torch.full((n, n), float("-inf"), dtype=q.dtype, device=q.device).triu_(1))
+    return torch.softmax(scores, dim=-1)
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """dropout(softmax(q k^T)) v with a causal mask, chunk by chunk, recomputed in backward.
+
+    Why: with dropout, CPU SDPA falls back to its math path, which draws a double per mask
+    element, computes the masked upper triangle too, and keeps three [rows, T, T] tensors for
+    backward. Here blocks above the diagonal are skipped, the mask is cheap, and backward
+    recomputes the probabilities and regenerates each chunk's mask from its seed instead of
+    storing either, so memory stays that of the chunks.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, p: float, seed: int):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out = torch.empty_like(q)
+        for index, chunk in enumerate(_chunks(q.shape)):
+            probs = _causal_probs(q, k, chunk)
+            probs.mul_(dropout_multiplier(probs.shape, p, seed + index))
+            chunk.queries(out).copy_(torch.bmm(probs, chunk.keys(v)))
+        ctx.save_for_backward(q, k, v, out)
+        ctx.p, ctx.seed = p, seed
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        # softmax backward needs sum_j P_ij dL/dP_ij per row, which is grad_out . out (as in flash attention)
+        row_dot = (grad_out * out).sum(-1, keepdim=True)
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for index, chunk in enumerate(_chunks(q.shape)):
+            probs = _causal_probs(q, k, chunk)
+            factor = dropout_multiplier(probs.shape, ctx.p, ctx.seed + index)
+            grad = chunk.queries(grad_out)
+            chunk.keys(dv).add_(torch.bmm((probs * factor).transpose(1, 2), grad))
+            grad_scores = torch.bmm(grad, chunk.keys(v).transpose(1, 2)).mul_(factor)
+            grad_scores.sub_(chunk.queries(row_dot)).mul_(probs)
+            chunk.queries(dq).copy_(torch.bmm(grad_scores, chunk.keys(k)))
+            chunk.keys(dk).add_(torch.bmm(grad_scores.transpose(1, 2), chunk.queries(q)))
+        return dq, dk, dv, None, None
+
+
+def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """Causal, unscaled attention with dropout on the probabilities, for CPU training.
+
+    q, k, v: [B, heads, T, head_dim]. The seed comes from torch's global generator, so
+    `torch.manual_seed` (and a restored RNG state) fixes the masks.
+    """
+    (b, h, t, d), dtype = q.shape, q.dtype
+    q, k, v = (x.float().reshape(b * h, t, d) for x in (q, k, v))
+    with torch.autocast("cpu", enabled=False):
+        out = _DropoutAttention.apply(q, k, v, p, _seed())
+    return out.view(b, h, t, d).to(dtype)
+
+
+@dataclass(frozen=True)
+class KeptPositions:
+    """The positions whose outputs are needed, row by row: ``positions[b, :count_b]`` ascending."""
+
+    mask: torch.Tensor
+    """[B, T] bool, True = needed."""
+    positions: torch.Tensor
+    """[B, S] long, S = the largest count; a row's slots past its count repeat other positions."""
+    valid: torch.Tensor
+    """[B, S] bool, True for the slots that hold a needed position."""
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> KeptPositions:
+        counts = mask.sum(dim=1)
+        slots = max(1, int(counts.max()))
+        positions = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :slots]
+        valid = torch.arange(slots, device=mask.device) < counts.unsqueeze(1)
+        return cls(mask, positions, valid)
+
+
+def _row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                   dropout: float) -> torch.Tensor:
+    """Unscaled attention of a few query rows [B, heads, S, d] over all keys, `visible` [B, 1, S, T]."""
+    if not (dropout and q.device.type == "cpu") or torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout, scale=1.0)
+    with torch.autocast("cpu", enabled=False):  # fp32 scores, like SDPA's math path
+        scores = (q.float() @ k.float().transpose(-1, -2)).masked_fill(~visible, float("-inf"))
+        probs = torch.softmax(scores, dim=-1) * dropout_multiplier(scores.shape, dropout, _seed())
+        return (probs @ v.float()).to(q.dtype)
+
+
 class SelfAttention(nn.Module):
     """Causal multi-head attention, GPT-Neo flavour: no bias on q/k/v, and no 1/sqrt(d) scale."""
 
@@ -113,7 +267,7 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(h, h, bias=False)
         self.out_proj = nn.Linear(h, h, bias=True)
         self.attn_dropout = config.attn_dropout
-        self.resid_dropout = nn.Dropout(config.resid_dropout)
+        self.resid_dropout = Dropout(config.resid_dropout)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, h = x.shape
@@ -124,12 +278,25 @@ class SelfAttention(nn.Module):
         q, k, v = (self._split_heads(proj(x)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
-        # Without a mask the causal flag alone lets SDPA pick its fast (flash) kernels.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None,
-            dropout_p=self.attn_dropout if self.training else 0.0, scale=1.0,
-        )
+        dropout = self.attn_dropout if self.training else 0.0
+        if dropout and mask is None and q.device.type == "cpu" and not torch.compiler.is_compiling():
+            y = dropout_attention(q, k, v, dropout)
+        else:
+            # Without a mask the causal flag alone lets SDPA pick its fast (flash) kernels.
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                               dropout_p=dropout, scale=1.0)
         y = y.transpose(1, 2).reshape(x.shape)
+        return self.resid_dropout(self.out_proj(y))
+
+    def selected(self, x: torch.Tensor, kept: KeptPositions) -> torch.Tensor:
+        """Output at the kept positions only, [N, hidden]: their queries against every earlier key."""
+        b, t, h = x.shape
+        rows = x.gather(1, kept.positions.unsqueeze(-1).expand(-1, -1, h))
+        q = self._split_heads(self.q_proj(rows))
+        k, v = self._split_heads(self.k_proj(x)), self._split_heads(self.v_proj(x))
+        visible = (torch.arange(t, device=x.device) <= kept.positions.unsqueeze(-1)).unsqueeze(1)
+        y = _row_attention(q, k, v, visible, self.attn_dropout if self.training else 0.0)
+        y = y.transpose(1, 2)[kept.valid].reshape(-1, h)
         return self.resid_dropout(self.out_proj(y))
 
 
@@ -138,7 +305,7 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.hidden_size, config.mlp_size)
         self.c_proj = nn.Linear(config.mlp_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.resid_dropout)
+        self.dropout = Dropout(config.resid_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-Neo's "gelu_new" is the tanh approximation.
@@ -160,6 +327,11 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), mask, kv_cache, layer)
         return x + self.mlp(self.ln_2(x))
 
+    def selected(self, x: torch.Tensor, kept: KeptPositions) -> torch.Tensor:
+        """The block's output at the kept positions only, [N, hidden] (keys and values still use all)."""
+        x = x[kept.mask] + self.attn.selected(self.ln_1(x), kept)
+        return x + self.mlp(self.ln_2(x))
+
 
 class GPTNeo(nn.Module):
     """Decoder-only LM: embeddings -> blocks -> final LayerNorm; `lm_head` is separate."""
@@ -169,21 +341,25 @@ class GPTNeo(nn.Module):
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
         self.wpe = nn.Embedding(config.n_positions, config.hidden_size)
-        self.drop = nn.Dropout(config.embed_dropout)
+        self.drop = Dropout(config.embed_dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.apply(_init_weights)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+                kv_cache: KVCache | None = None, output_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states [B, T, H] after the final LayerNorm.
 
         `position_ids` default to 0..T-1 (continuing after the cache's prefix).
         `attention_mask` (bool, True = real token) is only needed for LEFT padding; it covers
         every key, i.e. [B, cache.length + T] when a cache is given. Right padding needs no
         mask: causal attention already keeps real tokens from seeing the pads after them.
+        `output_mask` (bool [B, T], training): return only ``hidden[output_mask]``, [N, H]; the
+        last block then computes queries, attention rows and MLP for those positions alone.
         """
+        if output_mask is not None and (kv_cache is not None or attention_mask is not None):
+            raise ValueError("output_mask is for training: it takes no kv_cache and no attention_mask")
         past = kv_cache.length if kv_cache is not None else 0
         t = input_ids.shape[1]
         if position_ids is None:
@@ -192,8 +368,11 @@ class GPTNeo(nn.Module):
         mask = None
         if attention_mask is not None or kv_cache is not None:
             mask = _attention_mask(attention_mask, past, t, input_ids.device)
-        for layer, block in enumerate(self.h):
+        last = len(self.h) - (output_mask is not None)
+        for layer, block in enumerate(self.h[:last]):
             x = block(x, mask, kv_cache, layer)
+        if output_mask is not None:
+            return self.ln_f(self.h[-1].selected(x, KeptPositions.of(output_mask)))
         if kv_cache is not None:
             kv_cache.advance(t)
         return self.ln_f(x)

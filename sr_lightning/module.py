@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,6 +34,24 @@ from .model import GPTNeo, ModelConfig
 
 log = logging.getLogger(__name__)
 PROGRESS_KEYS = ("examples_seen", "tokens_seen", "target_tokens_seen", "truncated_examples")
+
+
+def rng_states() -> dict:
+    """Global random states in a form ``torch.load(weights_only=True)`` accepts (no numpy arrays)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+            "python": random.getstate()}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    kind, keys, position, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    random.setstate(states["python"])
 
 
 class NonFiniteLossError(RuntimeError):
@@ -99,13 +119,18 @@ class OneStepLM(L.LightningModule):
         self.progress = dict.fromkeys(PROGRESS_KEYS, 0)
 
     def _build_model(self, preset: str, overrides: dict[str, Any], init_from: str | None) -> GPTNeo:
-        if init_from is not None:
-            from .interop import load_hf_gpt_neo
+        """A new model of ``preset``, or the weights of the HF GPT-Neo directory ``init_from``.
 
-            model = load_hf_gpt_neo(init_from)
-            if model.config.vocab_size < self.tokenizer.vocab_size:
-                raise ValueError(f"{init_from}: vocabulary of {model.config.vocab_size} entries is smaller "
-                                 f"than the tokenizer's {self.tokenizer.vocab_size}")
+        An imported model brings its shape, and its ``tokenizer.json`` unless a tokenizer was
+        given; both go into the hyperparameters so the checkpoint rebuilds them without the directory.
+        """
+        if init_from is not None:
+            from .interop import load_for_fine_tuning
+
+            given = self.hparams.tokenizer_file is not None or self.hparams_initial.tokenizer_json is not None
+            model, self.tokenizer = load_for_fine_tuning(init_from, self.tokenizer if given else None, overrides)
+            self.hparams.tokenizer_json = self.tokenizer.to_str()
+            self.hparams.model_overrides = {k: v for k, v in vars(model.config).items() if k != "vocab_size"}
             return model
         config = ModelConfig.preset(preset, **{**overrides, "vocab_size": self.tokenizer.vocab_size})
         return GPTNeo(config)
@@ -209,8 +234,8 @@ class OneStepLM(L.LightningModule):
         h = self.hparams
         params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": h.weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": h.weight_decay, "name": "matrices"},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "name": "vectors"},
         ]
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=h.learning_rate, betas=tuple(h.betas), fused=fused)
@@ -221,10 +246,14 @@ class OneStepLM(L.LightningModule):
 
     # -- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Counters and random states too: a resumed run draws the same dropout masks."""
         checkpoint["progress"] = dict(self.progress)
+        checkpoint["rng_states"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.progress.update(checkpoint.get("progress", {}))
+        if "rng_states" in checkpoint:
+            set_rng_states(checkpoint["rng_states"])
 
     def on_fit_start(self) -> None:
         """Put the tokenizer beside the checkpoints so a run directory is self-contained."""

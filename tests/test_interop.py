@@ -1,28 +1,29 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sr_lightning.interop import config_from_hf, load_hf_gpt_neo, save_hf_gpt_neo
+from sr_lightning.data.format import SPECIAL_TOKENS, pair_from_record
+from sr_lightning.data.tokenizer import SRTokenizer, train_domain_tokenizer
+from sr_lightning.interop import (
+    config_from_hf,
+    load_for_fine_tuning,
+    load_hf_directory,
+    load_hf_gpt_neo,
+    save_hf_gpt_neo,
+)
 from sr_lightning.model import GPTNeo, ModelConfig
+from sr_lightning.module import OneStepLM
+from tests.hf_original import original_checkpoint, random_gpt_neo
+from tests.test_format import fixture_lines
 
-VOCAB = 1000  # the tiny shape with a small vocabulary keeps these tests fast
+VOCAB = 1000  # the tiny shape with a small vocabulary keeps most of these tests fast
 
 
 def hf_tiny_model():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.GPTNeoConfig(
-        vocab_size=VOCAB, max_position_embeddings=128, hidden_size=256, num_layers=4, num_heads=8,
-        attention_types=[[["global"], 4]], bos_token_id=0, eos_token_id=0,
-    )
-    model = transformers.GPTNeoForCausalLM(config).eval()
-    with torch.no_grad():  # random, non-trivial LayerNorm and bias values, so a mapping slip shows
-        for name, p in model.named_parameters():
-            if "ln" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn_like(p))
-    return model
+    return random_gpt_neo(vocab_size=VOCAB, n_positions=128)
 
 
 def our_logits(model: GPTNeo, ids: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -35,8 +36,8 @@ def hf_logits(model, ids: torch.Tensor, **kwargs) -> torch.Tensor:
         return model(input_ids=ids, **kwargs).logits
 
 
-def random_ids(batch: int, length: int) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(3))
+def random_ids(batch: int, length: int, vocab: int = VOCAB) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(3))
 
 
 def save_as_pytorch_bin(hf_model, out_dir) -> None:
@@ -50,6 +51,24 @@ def save_as_pytorch_bin(hf_model, out_dir) -> None:
     torch.save(state, out_dir / "pytorch_model.bin")
 
 
+def assert_same_logits(hf, ours: GPTNeo, vocab: int) -> None:
+    """Ours matches transformers to 1e-4 without padding, with right padding and with left padding."""
+    ids = random_ids(2, 16, vocab)
+    assert torch.allclose(our_logits(ours, ids), hf_logits(hf, ids), atol=1e-4)
+
+    right = torch.ones(2, 16, dtype=torch.bool)
+    right[1, 11:] = False  # ours needs no mask: causality keeps real tokens from the pads after them
+    expected = hf_logits(hf, ids, attention_mask=right.long())
+    assert torch.allclose(our_logits(ours, ids)[right], expected[right], atol=1e-4)
+
+    left = torch.ones(2, 16, dtype=torch.bool)
+    left[0, :5] = False  # a mask plus positions that start at the first real token
+    positions = (left.long().cumsum(1) - 1).clamp(min=0)
+    expected = hf_logits(hf, ids, attention_mask=left.long(), position_ids=positions)
+    got = our_logits(ours, ids, attention_mask=left, position_ids=positions)
+    assert torch.allclose(got[left], expected[left], atol=1e-4)
+
+
 @pytest.mark.parametrize("layout", ["safetensors", "pytorch_bin"])
 def test_import_gives_the_same_logits(tmp_path, layout):
     hf = hf_tiny_model()
@@ -60,27 +79,17 @@ def test_import_gives_the_same_logits(tmp_path, layout):
         save_as_pytorch_bin(hf, tmp_path)
     ours = load_hf_gpt_neo(tmp_path).eval()
     assert ours.config == ModelConfig(vocab_size=VOCAB, n_positions=128, hidden_size=256, n_layers=4, n_heads=8,
-                                      embed_dropout=0.0, attn_dropout=0.0, resid_dropout=0.0)
-    ids = random_ids(2, 20)
-    assert torch.allclose(our_logits(ours, ids), hf_logits(hf, ids), atol=1e-4)
+                                      embed_dropout=0.1, attn_dropout=0.1, resid_dropout=0.1)
+    assert_same_logits(hf, ours, VOCAB)
 
 
-def test_import_matches_with_right_and_left_padding(tmp_path):
-    hf = hf_tiny_model()
-    hf.save_pretrained(tmp_path)
-    ours = load_hf_gpt_neo(tmp_path).eval()
-    ids = random_ids(2, 16)
-    mask = torch.ones(2, 16, dtype=torch.bool)
-    mask[1, 11:] = False  # right padding: ours needs no mask, causality suffices
-    expected = hf_logits(hf, ids, attention_mask=mask.long())
-    assert torch.allclose(our_logits(ours, ids)[mask], expected[mask], atol=1e-4)
-
-    left = torch.ones(2, 16, dtype=torch.bool)
-    left[0, :5] = False  # left padding: mask plus positions that start at the first real token
-    positions = (left.long().cumsum(1) - 1).clamp(min=0)
-    expected = hf_logits(hf, ids, attention_mask=left.long(), position_ids=positions)
-    got = our_logits(ours, ids, attention_mask=left, position_ids=positions)
-    assert torch.allclose(got[left], expected[left], atol=1e-4)
+def test_original_size_checkpoint_and_tokenizer_import(tmp_path):
+    hf = original_checkpoint(tmp_path)
+    ours, tokenizer = load_hf_directory(tmp_path)
+    # 50,261 x 256 + 2,048 x 256 + 4 x 788,992 per block + 512 (ln_f): SPEC's 16.55 M
+    assert ours.num_parameters() == 12_866_816 + 524_288 + 4 * 788_992 + 512 == 16_547_584
+    assert [tokenizer.ids[t] for t in SPECIAL_TOKENS] == [50256, 50257, 50258, 50259, 50260]
+    assert_same_logits(hf, ours.eval(), 50261)
 
 
 def test_export_loads_in_transformers_and_round_trips(tmp_path):
@@ -126,6 +135,19 @@ def test_config_mapping_and_other_refusals():
         config_from_hf({**hf, "activation_function": "relu"})
     with pytest.raises(ValueError, match="num_layers=3"):
         config_from_hf({**hf, "num_layers": 3})
+    with pytest.raises(ValueError, match="model_type must be 'gpt_neo', got 'gpt2'"):
+        config_from_hf({**hf, "model_type": "gpt2"})
+    with pytest.raises(ValueError, match="config.json: hidden_size 8 is not divisible by n_heads 3"):
+        config_from_hf({**hf, "num_heads": 3})
+
+
+def test_missing_keys_take_transformers_defaults():
+    """GPT-Neo's defaults: 24 layers alternating global/local attention, which we refuse."""
+    with pytest.raises(ValueError, match=r"\['global', 'local', 'global'.*num_layers=24"):
+        config_from_hf({"hidden_size": 64, "num_heads": 4})
+    config = config_from_hf({"num_layers": 1, "attention_types": [[["global"], 1]]})
+    assert (config.vocab_size, config.n_positions, config.hidden_size, config.n_heads) == (50257, 2048, 2048, 16)
+    assert (config.embed_dropout, config.attn_dropout, config.resid_dropout, config.mlp_size) == (0, 0, 0, 8192)
 
 
 def test_missing_and_misshapen_weights_are_listed(tmp_path):
@@ -152,3 +174,69 @@ def test_missing_weights_file_is_reported(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(FileNotFoundError, match="model.safetensors.*pytorch_model.bin"):
         load_hf_gpt_neo(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match=r"model\.safetensors: cannot read the weights"):
+        load_hf_gpt_neo(tmp_path)
+
+
+def test_not_a_checkpoint_directory_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face GPT-Neo directory"):
+        load_hf_gpt_neo(tmp_path)
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        load_hf_gpt_neo(tmp_path)
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path):
+    """An HF directory whose tokenizer (300 entries) differs from the default domain one (1,024)."""
+    texts = [pair_from_record(json.loads(line)).text for line in fixture_lines()]
+    tokenizer = SRTokenizer(train_domain_tokenizer(texts, vocab_size=300))
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, n_positions=64, hidden_size=32, n_layers=2, n_heads=4)
+    save_hf_gpt_neo(GPTNeo(config), tmp_path / "ckpt", tokenizer_json=tokenizer.to_str())
+    return tmp_path / "ckpt"
+
+
+def test_directory_tokenizer_is_found_replaced_or_refused(small_checkpoint, tmp_path):
+    model, tokenizer = load_hf_directory(small_checkpoint)
+    assert tokenizer.vocab_size == model.config.vocab_size == 300
+    (tmp_path / "other.json").write_text((small_checkpoint / "tokenizer.json").read_text())
+    (small_checkpoint / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"ckpt: no tokenizer\.json"):
+        load_hf_directory(small_checkpoint)
+    assert load_hf_directory(small_checkpoint, tmp_path / "other.json")[1].vocab_size == 300
+    (tmp_path / "big.json").write_text(SRTokenizer.default().to_str())
+    with pytest.raises(ValueError,
+                       match=r"big\.json: the tokenizer has 1024 entries but the model's vocabulary only 300"):
+        load_hf_directory(small_checkpoint, tmp_path / "big.json")
+
+
+def test_fine_tuning_import_applies_dropout_and_ignores_shape_overrides(small_checkpoint, caplog):
+    imported = load_hf_gpt_neo(small_checkpoint)
+    model, tokenizer = load_for_fine_tuning(small_checkpoint, overrides={"embed_dropout": 0.0, "n_positions": 1024,
+                                                                         "hidden_size": 32})
+    assert model.config == replace(imported.config, embed_dropout=0.0)
+    assert "ignoring model_overrides {'n_positions': 1024}" in caplog.text
+    for name, tensor in imported.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    with pytest.raises(TypeError, match="n_layer"):
+        load_for_fine_tuning(small_checkpoint, overrides={"n_layer": 3})
+    with pytest.raises(ValueError, match="vocabulary has 300 entries, the tokenizer's 1024"):
+        load_for_fine_tuning(small_checkpoint, SRTokenizer.default())
+
+
+def test_lightning_module_starts_from_the_directory_and_checkpoints_rebuild_it(small_checkpoint):
+    lm = OneStepLM(preset="micro", model_overrides={"resid_dropout": 0.0}, init_from=str(small_checkpoint))
+    imported = load_hf_gpt_neo(small_checkpoint)
+    assert lm.tokenizer.to_str() == SRTokenizer.from_file(small_checkpoint / "tokenizer.json").to_str()
+    assert lm.model.config == replace(imported.config, resid_dropout=0.0)
+    for name, tensor in imported.state_dict().items():
+        assert torch.equal(lm.model.state_dict()[name], tensor), name
+    # A checkpoint re-creates the module from its hyperparameters, without the directory.
+    assert lm.hparams.init_from is None
+    rebuilt = OneStepLM(**lm.hparams)
+    assert rebuilt.model.config == lm.model.config
+    rebuilt.load_state_dict(lm.state_dict())
+    with pytest.raises(ValueError, match="vocabulary has 300 entries, the tokenizer's 1024"):
+        OneStepLM(init_from=str(small_checkpoint), tokenizer_json=SRTokenizer.default().to_str())

@@ -73,6 +73,7 @@ class OneStepDataModule(L.LightningDataModule):
         self.tokenizer: SRTokenizer | None = None
         self.datasets: dict[str, OneStepBatches] = {}
         self.position = (0, 0)  # (epoch, training batches consumed in it)
+        self._restored: tuple[int, int] | None = None  # a checkpoint's position, until used
         self.skipped: Counter = Counter()  # training lines skipped, by reason
 
     # -- files ----------------------------------------------------------------------------
@@ -151,9 +152,15 @@ class OneStepDataModule(L.LightningDataModule):
         return self._loader("test", lambda: (0, 0))
 
     def _train_position(self) -> tuple[int, int]:
-        epoch = self.trainer.current_epoch if self.trainer else 0
-        saved_epoch, consumed = self.position
-        return epoch, consumed if saved_epoch == epoch else 0
+        """(epoch, first batch) for a new training iterator.
+
+        After a restore, the saved position wins: Lightning builds the first iterator (to count
+        stepping batches) before it restores its own epoch counter.
+        """
+        if self._restored is not None:
+            (epoch, consumed), self._restored = self._restored, None
+            return (epoch + 1, 0) if consumed >= len(self.datasets["train"]) else (epoch, consumed)
+        return (self.trainer.current_epoch if self.trainer else 0), 0
 
     # -- position and bad-line counts -----------------------------------------------------
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -167,5 +174,5 @@ class OneStepDataModule(L.LightningDataModule):
         return {"epoch": epoch, "batches_consumed": consumed, "skipped": dict(self.skipped)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.position = (state["epoch"], state["batches_consumed"])
+        self.position = self._restored = (state["epoch"], state["batches_consumed"])
         self.skipped = Counter(state.get("skipped", {}))

@@ -136,7 +136,10 @@ class EpochLoader(DataLoader):
     """
 
     def __init__(self, dataset: OneStepBatches, position, **kwargs):
-        super().__init__(dataset, batch_size=None, **kwargs)
+        # Its own generator: starting workers must not draw from the global RNG (dropout's), or
+        # a resumed run, which starts its loader at another moment, would draw other masks.
+        generator = torch.Generator().manual_seed(dataset.settings.seed)
+        super().__init__(dataset, batch_size=None, generator=generator, **kwargs)
         self._position = position
 
     def __iter__(self):

@@ -123,7 +123,7 @@ def _count_newlines(path: Path) -> int:
     count, last = 0, b"\n"
     try:
         with _open_binary(path) as handle:
-            while chunk := handle.read(CHUNK):
+            while chunk := handle.read1(CHUNK):  # read1: keeps what precedes a broken gzip tail
                 count += chunk.count(b"\n")
                 last = chunk[-1:]
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:

@@ -1,0 +1,134 @@
+"""Evaluate the one-step model: ``python evaluate.py`` (report) or ``python evaluate.py search``.
+
+With no arguments the report evaluates the BEST checkpoint (lowest val/loss) of the newest run
+under ``runs/`` on that run's validation files, and writes report.json, report.md,
+predictions.jsonl and validation_curves.png. ``search`` runs neural-guided search against
+plain BasicSR on the named benchmark problems and held-out generated problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+COMMANDS = ("report", "search")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", help="a .ckpt, a run directory (its best checkpoint) or an HF GPT-Neo "
+                                             "directory (default: the best checkpoint of the newest run)")
+    parser.add_argument("--runs", default="runs", help="where to look for the newest run (default: runs)")
+    parser.add_argument("--tokenizer", help="tokenizer file, for HF directories without tokenizer.json")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--out", help="output directory (default: RUN/evaluation or RUN/search)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="{report,search}")
+    report = commands.add_parser("report", help="metrics, findings and samples on a data file (the default)")
+    _common(report)
+    report.add_argument("--data", nargs="+", help="JSONL files or globs, plain or .gz "
+                                                  "(default: the run's validation files)")
+    report.add_argument("--problems", help="problems file with X/y per expression id (default: the file each "
+                                           "record's metadata names, or problems.json, beside the data)")
+    report.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    report.add_argument("--batch-size", type=int, default=32)
+    report.add_argument("--max-new-tokens", type=int, default=128)
+    search = commands.add_parser("search", help="neural-guided search vs BasicSR")
+    _common(search)
+    search.add_argument("--problems", type=int, default=10, help="held-out generated problems (default 10)")
+    search.add_argument("--no-named", action="store_true", help="leave out the named benchmark problems")
+    search.add_argument("--generations", type=int, default=50, help="generation budget per run (default 50)")
+    search.add_argument("--population", type=int, default=20)
+    search.add_argument("--seeds", type=int, default=1, help="runs per problem and method (default 1)")
+    search.add_argument("--temperature", type=float, default=0.8)
+    search.add_argument("--max-new-tokens", type=int, default=64)
+    return parser
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    import torch
+
+    from sr_lightning.evaluation.checkpoints import load_for_evaluation, newest_run
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model, tokenizer, info = load_for_evaluation(args.checkpoint or newest_run(args.runs), args.tokenizer,
+                                                 _device(args.device))
+    where = f"step {info['step']}" if info["step"] is not None else "an HF directory"
+    print(f"evaluating {info['checkpoint']} ({where})", file=sys.stderr)
+    if info["best_step"] is not None:
+        note = "the best" if info["step"] == info["best_step"] else "NOT the best"
+        print(f"  {note}: lowest val/loss at step {info['best_step']} ({info['best_how']}); the run went "
+              f"{info['steps_past_best']} steps past it, to step {info['last_step']}", file=sys.stderr)
+    return model, tokenizer, info
+
+
+def _out(args: argparse.Namespace, info: dict[str, Any], name: str) -> Path:
+    if args.out:
+        return Path(args.out)
+    return Path(info["run_dir"]) / name if info.get("run_dir") else Path(name)
+
+
+def report(args: argparse.Namespace) -> None:
+    from sr_lightning.data.stream import resolve_files
+    from sr_lightning.evaluation.checkpoints import validation_files
+    from sr_lightning.evaluation.report import EvalSettings, ProblemIndex, build_report, render_terminal
+
+    model, tokenizer, info = _load(args)
+    files = resolve_files(args.data or validation_files(info))
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
+                            max_length=info["data"].get("max_length"),
+                            include_target_token=bool(info["data"].get("include_target_token")))
+    out = _out(args, info, "evaluation")
+    result = build_report(model, tokenizer, info, files, settings, ProblemIndex(args.problems), out)
+    print(render_terminal(result))
+    print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'predictions.jsonl'}"
+          + (f", {result['plot']}" if result["plot"] else ""))
+
+
+def search(args: argparse.Namespace) -> None:
+    from sr_lightning.evaluation import guided_search as gs
+
+    model, tokenizer, info = _load(args)
+    settings = gs.ComparisonSettings(generations=args.generations, population_size=args.population,
+                                     seeds=args.seeds, held_out=args.problems, named=not args.no_named,
+                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    results = gs.compare(gs.benchmark_problems(settings), settings, model, tokenizer)
+    summary = gs.summarize(results)
+    out = _out(args, info, "search")
+    gs.write_results(summary, results, settings, info["checkpoint"], out)
+    print("\n".join(gs.summary_table(summary)))
+    print(f"wrote {out / 'search.json'}, {out / 'search.md'}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; missing or unreadable inputs print one ``error:`` line and return 2."""
+    from sr_lightning.evaluation.checkpoints import EvaluationInputError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "report")
+    args = build_parser().parse_args(argv)
+    try:
+        (search if args.command == "search" else report)(args)
+    except (EvaluationInputError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

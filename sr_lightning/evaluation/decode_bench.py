@@ -1,0 +1,95 @@
+"""``python -m sr_lightning.evaluation.decode_bench --checkpoint RUN_OR_CKPT --n 32``: decoding speed.
+
+Greedy predictions for the same prompts, two ways: batched with the KV cache (what evaluation
+and neural-guided search use) and one prompt at a time recomputing the whole sequence every
+step (the naive loop). Prints examples per second of each, the ratio, and whether the two
+produced identical outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.stream import LineReport, resolve_files
+from ..data.tokenizer import SRTokenizer
+from ..generation import generate
+from ..model import GPTNeo
+from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, validation_files
+from .report import fit_pairs, prompt_ids, read_pairs
+
+
+def bench_prompts(files: Sequence[Path], tokenizer: SRTokenizer, n: int, max_length: int) -> list[list[int]]:
+    """The inference prompts of the first ``n`` usable examples of ``files``."""
+    lines = LineReport()
+    _, encoded = fit_pairs(list(islice(read_pairs(files, lines), n)), tokenizer, max_length, lines)
+    if not encoded:
+        raise EvaluationInputError(f"no usable example in {', '.join(map(str, files))}")
+    return [prompt_ids(e, tokenizer) for e in encoded]
+
+
+def _timed(fn) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def benchmark(model: GPTNeo, tokenizer: SRTokenizer, prompts: list[list[int]], batch_size: int = 32,
+              max_new_tokens: int = 64) -> dict[str, Any]:
+    """Examples per second of batched cached decoding and of one-at-a-time uncached decoding."""
+    kwargs = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": max_new_tokens}
+    generate(model, prompts[:2], **kwargs)  # warm-up: allocator and kernels
+    batched, fast = _timed(lambda: generate(model, prompts, batch_size=batch_size, **kwargs))
+    single, slow = _timed(lambda: [generate(model, [p], use_cache=False, **kwargs)[0] for p in prompts])
+    n = len(prompts)
+    return {"n": n, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+            "mean_prompt_tokens": sum(map(len, prompts)) / n,
+            "mean_new_tokens": sum(map(len, batched)) / n,
+            "batched_cached_per_s": n / fast, "single_uncached_per_s": n / slow, "speedup": slow / fast,
+            "identical_outputs": sum(a == b for a, b in zip(batched, single))}
+
+
+def render(result: dict[str, Any]) -> str:
+    return (f"{result['n']} prompts (mean {result['mean_prompt_tokens']:.0f} tokens, "
+            f"{result['mean_new_tokens']:.1f} new tokens each)\n"
+            f"batched + KV cache (batch {result['batch_size']}): {result['batched_cached_per_s']:.2f} examples/s\n"
+            f"one at a time, no cache:          {result['single_uncached_per_s']:.2f} examples/s\n"
+            f"speedup: {result['speedup']:.1f}x; identical greedy outputs: "
+            f"{result['identical_outputs']}/{result['n']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sr_lightning.evaluation.decode_bench",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="a .ckpt, a run directory or an HF directory (default: newest run)")
+    parser.add_argument("--data", nargs="+", help="JSONL files or globs (default: the run's validation files)")
+    parser.add_argument("--tokenizer", help="tokenizer file (HF directories without tokenizer.json)")
+    parser.add_argument("--n", type=int, default=32, help="prompts to decode")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model, tokenizer, info = load_for_evaluation(args.checkpoint or newest_run(), args.tokenizer, args.device)
+        files = resolve_files(args.data or validation_files(info))
+        prompts = bench_prompts(files, tokenizer, args.n, model.config.n_positions)
+    except (EvaluationInputError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"checkpoint {info['checkpoint']} on {args.device}, {torch.get_num_threads()} threads")
+    print(render(benchmark(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""The evaluation report: teacher-forced metrics, greedy predictions, and plain-language findings.
+
+Every symptom of the original's failure has a number here, and a sentence when it is bad:
+first-token accuracy beside the majority baseline (61.8% vs 77.8% went unnoticed), the
+first-token distribution of predictions vs data (it was inverted), and how often predictions
+are degenerate leaves, copies of the population, or all the same. Losses come from the same
+encoding, collation and metric classes as training, so ``val_loss`` here is training's
+``val/loss`` on the same file.
+
+Examples are processed in chunks: memory stays flat however long the file is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.batches import IGNORE, Encoded, collate, fit_to_length
+from ..data.format import POPULATION, BadRecord, Pair, population_items
+from ..data.generate import SIDECAR
+from ..data.stream import LineReport, count_lines, is_blank, iter_raw_lines, parse_line
+from ..data.tokenizer import SRTokenizer
+from ..generation import generate
+from ..metrics import (
+    FirstTokenAccuracy,
+    FirstTokenMajorityBaseline,
+    TargetNLL,
+    TargetTokenNLL,
+    TokenAccuracy,
+    TokenHistogram,
+)
+from ..model import GPTNeo
+from ..sr.expression import ExpressionError, Expr, fitness, parse
+from ..sr.problems import Problem, load_problems
+from .checkpoints import EvaluationInputError
+from .curves import plot_validation_curves
+
+DEGENERATE_LIMIT = 0.2  # a higher share of lone-leaf predictions (for compound targets) is a finding
+VALID_LIMIT = 0.9  # a lower share of parsable predictions is a finding
+UNIQUE_LIMIT = 0.2  # fewer distinct predictions than this share of predictions: the model has collapsed
+SAMPLES_SHOWN = 10
+
+
+@dataclass
+class EvalSettings:
+    """How the report is computed."""
+
+    batch_size: int = 32  # examples per teacher-forced batch and per decoding batch
+    max_new_tokens: int = 128  # decoding budget per prediction
+    max_length: int | None = None  # context length; None: the model's n_positions
+    include_target_token: bool = False  # label the prediction of <TARGET> too (set as the run trained)
+    chunk_size: int = 512  # examples in memory at a time
+    limit: int | None = None  # evaluate only the first N examples
+
+
+# -- reading --------------------------------------------------------------------------------
+def read_pairs(files: Sequence[Path], lines: LineReport) -> Iterator[Pair]:
+    """Every good line of ``files`` as a `Pair`; bad lines are counted in ``lines``."""
+    for source, raw in iter_raw_lines(files, lines):
+        if is_blank(raw):
+            continue
+        try:
+            yield parse_line(raw, source)
+        except BadRecord as error:
+            lines.skip(source, str(error))
+
+
+def population_of(pair: Pair) -> str:
+    """The population text, also for the generic ``{"prompt": ...}`` form."""
+    if pair.population is not None:
+        return pair.population
+    return (pair.prompt or "").partition(POPULATION)[2]
+
+
+def _parsed(text: str) -> Expr | None:
+    try:
+        return parse(text)
+    except ExpressionError:
+        return None
+
+
+def fit_pairs(pairs: Sequence[Pair], tokenizer: SRTokenizer, max_length: int,
+              lines: LineReport) -> tuple[list[Pair], list[Encoded]]:
+    """Encode as training does; a pair that cannot fit even without its population is skipped and counted."""
+    kept: list[Pair] = []
+    encoded: list[Encoded] = []
+    for pair, (input_ids, target_ids) in zip(pairs, tokenizer.encode_pairs(pairs)):
+        fitted = fit_to_length(pair, Encoded(input_ids, target_ids, pair.source), tokenizer, max_length)
+        if fitted is None:
+            lines.skip(pair.source, f"too long (more than {max_length} tokens without its population)")
+            continue
+        kept.append(pair)
+        encoded.append(fitted)
+    return kept, encoded
+
+
+def prompt_ids(example: Encoded, tokenizer: SRTokenizer) -> list[int]:
+    """The inference prompt: the training sequence up to and including ``<TARGET>``."""
+    return example.input_ids + [tokenizer.target_id]
+
+
+class ProblemIndex:
+    """The problem (X, y) behind an example, for fitness gains.
+
+    ``explicit`` (``--problems FILE``) serves every example. Otherwise an example's sidecar is
+    the file its ``metadata.source_expressions_file`` names (the original system's files name
+    theirs, e.g. ``original_sample_problems.json``), else ``problems.json``, in its data file's
+    directory. Sidecars are read once, when first needed.
+    """
+
+    def __init__(self, explicit: str | Path | None = None):
+        self.explicit = self._read(Path(explicit)) if explicit else None
+        self.sidecars: dict[tuple[Path, ...], dict[int, Problem]] = {}
+
+    def lookup(self, pair: Pair) -> Problem | None:
+        if pair.expression_id is None:
+            return None
+        problems = self.explicit if self.explicit is not None else self._sidecar(pair)
+        return problems.get(pair.expression_id)
+
+    def _sidecar(self, pair: Pair) -> dict[int, Problem]:
+        directory = Path(pair.source.rpartition(":")[0]).parent
+        named = (pair.metadata or {}).get("source_expressions_file")
+        names = [named, Path(named).name] if isinstance(named, str) and named else []
+        candidates = tuple(dict.fromkeys(directory / name for name in [*names, SIDECAR]))
+        if candidates not in self.sidecars:
+            found = next((c for c in candidates if c.is_file()), None)
+            self.sidecars[candidates] = self._read(found) if found else {}
+        return self.sidecars[candidates]
+
+    @staticmethod
+    def _read(path: Path) -> dict[int, Problem]:
+        try:
+            return load_problems(path)
+        except (OSError, ValueError, KeyError) as error:
+            raise EvaluationInputError(f"{path}: not a readable problems file "
+                                       f"({type(error).__name__}: {error})") from error
+
+
+# -- one prediction -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scored:
+    """What one greedy prediction is, judged against its example."""
+
+    exact: bool  # prediction == target, character for character
+    valid: bool  # the prediction parses as one expression
+    copy: bool  # the prediction is verbatim one of the prompt's population members
+    degenerate: bool  # a lone variable or constant while the target is not
+    target_parses: bool
+    fitness_gain: float | None  # fitness(prediction) - best printed fitness; None without X/y or a parse
+
+
+def score_prediction(pair: Pair, prediction: str, problem: Problem | None) -> Scored:
+    predicted, target = _parsed(prediction), _parsed(pair.target)
+    items = population_items(population_of(pair))
+    gain = None
+    if predicted is not None and problem is not None and items:
+        gain = fitness(predicted, problem.X, problem.y) - max(float(f) for _, f in items)
+    is_leaf = predicted is not None and predicted.size == 1
+    target_leaf = target is not None and target.size == 1
+    return Scored(exact=prediction == pair.target, valid=predicted is not None,
+                  copy=prediction in {e for e, _ in items}, degenerate=is_leaf and not target_leaf,
+                  target_parses=target is not None, fitness_gain=gain)
+
+
+# -- accumulation ---------------------------------------------------------------------------
+class Evaluation:
+    """Accumulates the report over chunks of pairs: `add` each chunk, then `results`."""
+
+    def __init__(self, model: GPTNeo, tokenizer: SRTokenizer, settings: EvalSettings,
+                 problems: ProblemIndex | None = None, predictions: TextIO | None = None):
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.problems = problems or ProblemIndex()
+        self.predictions = predictions
+        self.max_length = settings.max_length or model.config.n_positions
+        self.lines = LineReport()
+        vocab = model.config.vocab_size
+        self.metrics = {
+            "val_loss": TargetTokenNLL(), "nll_per_target": TargetNLL(),
+            "first_token_accuracy": FirstTokenAccuracy(), "token_accuracy": TokenAccuracy(),
+            "first_token_majority_baseline": FirstTokenMajorityBaseline(vocab),
+        }
+        self.first_predicted, self.first_target = TokenHistogram(vocab), TokenHistogram(vocab)
+        self.counts: Counter = Counter()
+        self.distinct: set[str] = set()
+        self.gains: list[float] = []
+        self.samples: list[dict[str, str]] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.wte.weight.device
+
+    def add(self, pairs: Sequence[Pair]) -> None:
+        """Teacher-forced metrics and greedy predictions for one chunk."""
+        pairs, encoded = fit_pairs(pairs, self.tokenizer, self.max_length, self.lines)
+        bs = self.settings.batch_size
+        for start in range(0, len(encoded), bs):
+            self._teacher_forced(encoded[start:start + bs])
+        prompts = [prompt_ids(e, self.tokenizer) for e in encoded]
+        outputs = generate(self.model, prompts, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+                           max_new_tokens=self.settings.max_new_tokens, batch_size=bs)
+        for pair, example, output in zip(pairs, encoded, outputs):
+            self._score(pair, self.tokenizer.decode(output), example.truncated)
+
+    @torch.inference_mode()
+    def _teacher_forced(self, examples: Sequence[Encoded]) -> None:
+        """The validation step of training (module.OneStepLM._update_metrics), on one batch."""
+        batch = collate(examples, self.tokenizer.pad_id, include_target_token=self.settings.include_target_token)
+        ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
+        hidden = self.model(ids)
+        mask = labels != IGNORE
+        logits = self.model.lm_head(hidden[mask]).float()
+        targets = labels[mask]
+        nll_sum = F.cross_entropy(logits, targets, reduction="sum")
+        rows = torch.arange(ids.shape[0], device=self.device)
+        positions = batch["target_positions"].to(self.device)
+        first_logits = self.model.lm_head(hidden[rows, positions]).float()
+        first_true = ids[rows, positions + 1]
+        m = self.metrics
+        m["val_loss"].update(nll_sum.cpu(), targets.numel())
+        m["nll_per_target"].update(nll_sum.cpu(), len(examples))
+        m["token_accuracy"].update(logits.cpu(), targets.cpu())
+        m["first_token_accuracy"].update(first_logits.cpu(), first_true.cpu())
+        m["first_token_majority_baseline"].update(first_true.cpu())
+        self.first_predicted.update(first_logits.argmax(-1).cpu())
+        self.first_target.update(first_true.cpu())
+
+    def _score(self, pair: Pair, prediction: str, truncated: bool) -> None:
+        scored = score_prediction(pair, prediction, self.problems.lookup(pair))
+        self.counts.update(examples=1, exact=scored.exact, valid=scored.valid, copy=scored.copy,
+                           degenerate=scored.degenerate, unparsable_targets=not scored.target_parses,
+                           truncated=truncated)
+        self.distinct.add(prediction)
+        if scored.fitness_gain is not None:
+            self.gains.append(scored.fitness_gain)
+        row = {"source": pair.source, "target": pair.target, "prediction": prediction}
+        if len(self.samples) < SAMPLES_SHOWN:
+            self.samples.append(row)
+        if self.predictions is not None:
+            self.predictions.write(json.dumps({**row, "exact": scored.exact, "valid": scored.valid,
+                                               "fitness_gain": scored.fitness_gain}) + "\n")
+
+    def results(self) -> dict[str, Any]:
+        """The report's numbers (rates in [0, 1]); raises when no example could be evaluated."""
+        n = self.counts["examples"]
+        if n == 0:
+            raise EvaluationInputError(f"no usable example to evaluate ({self.lines.total} lines skipped: "
+                                       f"{dict(self.lines.counts)})")
+        out: dict[str, Any] = {"n_examples": n}
+        out.update({name: float(metric.compute()) for name, metric in self.metrics.items()})
+        out.update(exact_match=self.counts["exact"] / n, valid_rate=self.counts["valid"] / n,
+                   copy_rate=self.counts["copy"] / n, unique_rate=len(self.distinct) / n,
+                   degenerate_rate=self.counts["degenerate"] / n)
+        out["first_token_distribution"] = {"predicted": self._shares(self.first_predicted),
+                                           "target": self._shares(self.first_target)}
+        out["mean_fitness_gain"] = statistics.fmean(self.gains) if self.gains else None
+        out["median_fitness_gain"] = statistics.median(self.gains) if self.gains else None
+        out["fitness_gain_examples"] = len(self.gains)
+        out["unparsable_targets"] = self.counts["unparsable_targets"]
+        out["truncated_examples"] = self.counts["truncated"]
+        out["skipped_lines"] = dict(self.lines.counts)
+        return out
+
+    def _shares(self, histogram: TokenHistogram) -> dict[str, float]:
+        counts = histogram.compute()
+        total = int(counts.sum())
+        order = sorted((int(c), t) for t, c in enumerate(counts.tolist()) if c)
+        return {self.tokenizer.first_token_label(t): c / total for c, t in reversed(order)}
+
+
+def chunks(items: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def evaluate_files(model: GPTNeo, tokenizer: SRTokenizer, files: Sequence[Path], settings: EvalSettings,
+                   problems: ProblemIndex | None = None,
+                   predictions: TextIO | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """The report's numbers for ``files`` (the first ``settings.limit`` examples) and a few samples."""
+    evaluation = Evaluation(model, tokenizer, settings, problems, predictions)
+    total = sum(count_lines(f) for f in files)
+    total = min(total, settings.limit) if settings.limit else total
+    pairs = islice(read_pairs(files, evaluation.lines), settings.limit)
+    with tqdm(total=total, unit="example", desc="evaluating", disable=None) as progress:
+        for chunk in chunks(pairs, settings.chunk_size):
+            evaluation.add(chunk)
+            progress.update(len(chunk))
+    return evaluation.results(), evaluation.samples
+
+
+# -- findings -------------------------------------------------------------------------------
+def _mode(shares: dict[str, float]) -> tuple[str, float]:
+    return max(shares.items(), key=lambda item: (item[1], item[0])) if shares else ("", 0.0)
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    """Plain-language warnings about the numbers of a report (empty when nothing looks wrong)."""
+    out = []
+    step, best = report.get("step"), report.get("best_step")
+    if step is not None and best is not None and step != best:
+        out.append(f"this is not the best checkpoint: step {step} is evaluated, but the lowest val/loss was "
+                   f"at step {best}; evaluate the best one (run evaluate.py without --checkpoint)")
+    accuracy, baseline = report["first_token_accuracy"], report["first_token_majority_baseline"]
+    if accuracy < baseline:
+        out.append(f"first-token accuracy {accuracy:.1%} is below the majority baseline {baseline:.1%}: "
+                   f"always guessing the most common first token would do better")
+    out.extend(_inversion(report["first_token_distribution"]))
+    if report["degenerate_rate"] > DEGENERATE_LIMIT:
+        out.append(f"{report['degenerate_rate']:.1%} of predictions are a lone variable or constant where the "
+                   f"target is a compound expression (degenerate; limit {DEGENERATE_LIMIT:.0%})")
+    if report["valid_rate"] < VALID_LIMIT:
+        out.append(f"only {report['valid_rate']:.1%} of predictions parse as an expression")
+    if report["unique_rate"] < UNIQUE_LIMIT:
+        out.append(f"predictions have collapsed: {report['unique_rate']:.1%} of them are distinct")
+    if report.get("unparsable_targets"):
+        out.append(f"{report['unparsable_targets']} targets in the data do not parse as an expression")
+    skipped = sum(report.get("skipped_lines", {}).values())
+    if skipped:
+        out.append(f"{skipped} data lines were skipped: {report['skipped_lines']}")
+    return out
+
+
+def _inversion(distribution: dict[str, dict[str, float]]) -> list[str]:
+    """The model's favourite first token is not the data's: the diagnosis report's clearest symptom."""
+    predicted, target = distribution["predicted"], distribution["target"]
+    (p_token, p_share), (t_token, t_share) = _mode(predicted), _mode(target)
+    if not predicted or not target or p_token == t_token:
+        return []
+    return [f"the predicted first-token distribution is inverted relative to the data: the model starts "
+            f"{p_share:.1%} of predictions with {p_token!r} and only {predicted.get(t_token, 0.0):.1%} with "
+            f"{t_token!r}, while {t_share:.1%} of targets start with {t_token!r}"]
+
+
+# -- rendering ------------------------------------------------------------------------------
+def _number(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, value) rows shared by the terminal table and report.md."""
+    past = report.get("steps_past_best")
+    rows = [("checkpoint", str(report["checkpoint"])),
+            ("step / best step", f"{_number(report['step'])} / {_number(report['best_step'])}"
+                                 + (f" (the run went {past} steps past its best)" if past else ""))]
+    keys = ("n_examples", "val_loss", "nll_per_target", "first_token_accuracy", "first_token_majority_baseline",
+            "token_accuracy", "exact_match", "valid_rate", "copy_rate", "unique_rate", "degenerate_rate",
+            "mean_fitness_gain", "unparsable_targets", "truncated_examples")
+    return rows + [(key, _number(report[key])) for key in keys]
+
+
+def render_terminal(report: dict[str, Any]) -> str:
+    rows = summary_rows(report)
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    lines += [f"WARNING: {text}" for text in report["findings"]] or ["no findings"]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def render_markdown(report: dict[str, Any], samples: Sequence[dict[str, str]]) -> str:
+    lines = ["# Evaluation report", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {name} | {value} |" for name, value in summary_rows(report)]
+    lines += ["", "## Findings", ""]
+    lines += [f"- {text}" for text in report["findings"]] or ["No findings."]
+    distribution = report["first_token_distribution"]
+    lines += ["", "## First target token", "", "| token | predicted | target |", "|---|---|---|"]
+    tokens = sorted(set(distribution["predicted"]) | set(distribution["target"]),
+                    key=lambda t: -(distribution["predicted"].get(t, 0) + distribution["target"].get(t, 0)))
+    lines += [f"| {_cell(t)} | {distribution['predicted'].get(t, 0):.3f} | {distribution['target'].get(t, 0):.3f} |"
+              for t in tokens[:15]]
+    if report.get("plot"):
+        lines += ["", "## Validation curves", "", f"![validation curves]({Path(report['plot']).name})"]
+    lines += ["", "## Samples (greedy)", "", "| source | target | prediction |", "|---|---|---|"]
+    lines += [f"| {s['source']} | {_cell(s['target'])} | {_cell(s['prediction'])} |" for s in samples]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], samples: Sequence[dict[str, str]], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(render_markdown(report, samples))
+
+
+def build_report(model: GPTNeo, tokenizer: SRTokenizer, info: dict[str, Any], files: Sequence[Path],
+                 settings: EvalSettings, problems: ProblemIndex, out: Path) -> dict[str, Any]:
+    """Evaluate, plot, judge and write ``report.json``, ``report.md``, ``predictions.jsonl`` and the plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "predictions.jsonl", "w", encoding="utf-8") as predictions:
+        numbers, samples = evaluate_files(model, tokenizer, files, settings, problems, predictions)
+    report: dict[str, Any] = {key: info.get(key) for key in
+                              ("checkpoint", "step", "best_step", "last_step", "steps_past_best", "best_checkpoint")}
+    report["data"] = [str(f) for f in files]
+    report.update(numbers)
+    plot = None
+    if info.get("run_dir"):
+        plot = plot_validation_curves(info["run_dir"], out / "validation_curves.png", info.get("best_step"))
+    report["plot"] = None if plot is None else str(plot)
+    report["findings"] = findings(report)
+    write_report(report, samples, out)
+    return report

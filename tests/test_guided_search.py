@@ -1,0 +1,149 @@
+"""Neural-guided search: prompts identical to training's, proposals, fallback, summaries, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import evaluate
+from sr_lightning.data.format import pair_from_record, population_items
+from sr_lightning.data.generate import problem_seed, records_from_trace
+from sr_lightning.evaluation.checkpoints import load_for_evaluation
+from sr_lightning.evaluation.guided_search import (
+    HELD_OUT_SEED_BASE,
+    ComparisonSettings,
+    NeuralProposer,
+    RunResult,
+    first_expression,
+    held_out_problems,
+    run_one,
+    search_pair,
+    summarize,
+)
+from sr_lightning.sr.expression import parse
+from sr_lightning.sr.problems import Problem, named_problems
+from sr_lightning.sr.search import SearchConfig, run_search
+from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+SMALL = ComparisonSettings(generations=4, population_size=6, held_out=1, named=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run):
+    model, tokenizer, _ = load_for_evaluation(tiny_run.run_dir)
+    return model, tokenizer
+
+
+def test_search_prompts_are_byte_identical_to_the_generators_records(trained):
+    model, tokenizer = trained
+    problem = named_problems()["quadratic"]
+    config = SearchConfig(population_size=8, generations=5)
+    trace = run_search(problem.X, problem.y, config, seed=3)
+    proposer = NeuralProposer(model, tokenizer, config, problem.n_vars)
+    records = list(records_from_trace(trace, problem, "all"))
+    assert len(records) == 4 * 8
+    for record in records:
+        g = record["metadata"]["generation"]
+        current = trace.generations[g]
+        pair = search_pair(g, problem.n_vars, config, current.expressions, current.fitnesses)
+        training = pair_from_record(record)
+        assert pair.prompt_text.encode() == training.prompt_text.encode()
+        assert proposer.prompt_ids(g, current.expressions, current.fitnesses) == tokenizer.encode_prompts([training])[0]
+
+
+def test_search_prompts_match_the_original_systems_lines():
+    """Rebuilt from each fixture line's own population, the prompt is the original's, byte for byte."""
+    for line in SAMPLE.read_text().splitlines():
+        original = pair_from_record(json.loads(line))
+        items = population_items(original.population)
+        generation = json.loads(line)["metadata"]["generation"]
+        pair = search_pair(generation, 2, SearchConfig(), [e for e, _ in items], [float(f) for _, f in items])
+        assert pair.input_text.encode() == original.input_text.encode()
+
+
+def test_first_expression_of_a_completion():
+    assert first_expression("(x0 * x1)") == "(x0 * x1)"
+    assert first_expression("(x0 * x1) <FITNESS>-1.00000 x0") == "(x0 * x1)"
+    assert first_expression("x3<POPULATION>") == "x3"
+    assert first_expression("((x0 * x1)") is None
+    assert first_expression("") is None
+    assert first_expression("<FITNESS>") is None
+
+
+def test_proposer_samples_p_minus_1_expressions_reproducibly(trained):
+    model, tokenizer = trained
+    problem = named_problems()["bivariate_sum"]
+    config = SearchConfig(population_size=6)
+    trace = run_search(problem.X, problem.y, SearchConfig(population_size=6, generations=1), seed=0)
+    state = (0, trace.generations[0].expressions, trace.generations[0].fitnesses)
+    first = NeuralProposer(model, tokenizer, config, problem.n_vars, seed=11)(*state)
+    again = NeuralProposer(model, tokenizer, config, problem.n_vars, seed=11)(*state)
+    assert len(first) == 5 and first == again
+    assert all(p is None or str(parse(p)) == p for p in first)
+    assert any(p is not None for p in first)  # the tiny model writes expressions
+
+
+def test_unusable_proposals_fall_back_to_the_evolutionary_child(trained, scripted_model):
+    _, tokenizer = trained
+    problem = named_problems()["bivariate_sum"]
+    garbage = scripted_model(tokenizer, ")")  # never an expression: every slot falls back
+    neural = run_one(problem, "neural", 0, SMALL, garbage, tokenizer)
+    basic = run_one(problem, "basic", 0, SMALL)
+    assert neural.proposals == (neural.generations - 1) * 5 and neural.well_formed == 0
+    assert (neural.best_expression, neural.best_mse, neural.generations) == \
+        (basic.best_expression, basic.best_mse, basic.generations)
+
+
+def test_neural_run_uses_the_models_proposals(trained, scripted_model):
+    _, tokenizer = trained
+    X = named_problems()["x0_x1_squared"].X
+    problem = Problem(5, "product", "(x0 * x1)", X, X[:, 0] * X[:, 1], 0)
+    assert not run_one(problem, "basic", 0, SMALL).solved  # BasicSR alone misses it in this budget
+    oracle = scripted_model(tokenizer, "(x0 * x1)")  # always proposes the solution
+    result = run_one(problem, "neural", 0, SMALL, oracle, tokenizer)
+    assert result.solved and result.best_mse == 0.0 and result.r2 == 1.0
+    assert result.generations_to_solve == 1 and result.generations == 2  # a solved run stops
+    assert result.proposals == result.well_formed == 5
+
+
+def test_summary_by_hand():
+    def run(method, mse, r2, gens, proposals=0, well_formed=0, seconds=1.0):
+        return RunResult("p", 1, 1, method, 0, "x0", mse, r2, mse <= 1e-10, 10, gens, proposals, well_formed,
+                         seconds)
+
+    results = [run("basic", 0.0, 1.0, 4), run("basic", 2.0, 0.5, None), run("basic", 1e-12, 1.0, 8),
+               run("neural", 0.5, 0.995, None, 19, 10, 2.0), run("neural", 0.0, 1.0, 2, 19, 19, 3.0)]
+    summary = summarize(results)
+    assert summary["basic"] == {"runs": 3, "solve_rate": 2 / 3, "median_best_mse": 1e-12, "r2_rate": 2 / 3,
+                                "median_generations_to_solve": 6.0, "well_formed_rate": None,
+                                "wall_seconds": 3.0, "mean_seconds_per_run": 1.0}
+    assert summary["neural"]["solve_rate"] == 0.5 and summary["neural"]["r2_rate"] == 1.0
+    assert summary["neural"]["median_best_mse"] == 0.25 and summary["neural"]["median_generations_to_solve"] == 2
+    assert summary["neural"]["well_formed_rate"] == 29 / 38 and summary["neural"]["wall_seconds"] == 5.0
+
+
+def test_held_out_problems_use_seeds_no_training_problem_can_have():
+    problems = held_out_problems(3)
+    assert [p.seed for p in problems] == [HELD_OUT_SEED_BASE + i for i in range(3)]
+    assert max(problem_seed(s, i) for s in range(3) for i in range(200)) < HELD_OUT_SEED_BASE  # 32-bit
+    again = held_out_problems(3)
+    assert all(np.array_equal(a.y, b.y) and a.expression == b.expression for a, b in zip(problems, again))
+    assert len({p.expression_id for p in problems}) == 3
+
+
+def test_search_command_writes_both_methods(tiny_run, tmp_path, capsys):
+    argv = ["search", "--checkpoint", str(tiny_run.run_dir), "--problems", "1", "--no-named",
+            "--generations", "3", "--population", "6", "--out", str(tmp_path)]
+    assert evaluate.main(argv) == 0
+    document = json.loads((tmp_path / "search.json").read_text())
+    assert set(document["summary"]) == {"basic", "neural"}
+    for method in ("basic", "neural"):
+        assert {"solve_rate", "median_best_mse", "r2_rate", "median_generations_to_solve", "well_formed_rate",
+                "wall_seconds"} <= set(document["summary"][method])
+    neural = [r for r in document["runs"] if r["method"] == "neural"]
+    assert len(neural) == 1 and neural[0]["proposals"] == (neural[0]["generations"] - 1) * 5
+    assert "| problem |" in (tmp_path / "search.md").read_text()
+    assert "solve_rate" in capsys.readouterr().out

@@ -1,0 +1,63 @@
+"""train.py end to end: the quickstart leaves a complete run directory; overfit.yaml memorises a file."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sr_lightning.data.format import pair_from_record
+from sr_lightning.generation import generate
+from sr_lightning.module import OneStepLM
+from tests.test_format import FIXTURE, fixture_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "fit", *args], cwd=cwd,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_quickstart_run_directory_is_complete(tmp_path):
+    train("--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_steps", "20",
+          "--trainer.val_check_interval", "10", "--trainer.limit_val_batches", "2",
+          "--data.default_problems", "12", "--data.default_data_dir", str(tmp_path / "data"), cwd=tmp_path)
+    run = tmp_path / "runs" / "quickstart" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("step=") for name in checkpoints)
+    logged = scalars(run)
+    for tag in ("train/loss", "val/loss", "val/nll_per_target", "val/first_token_acc", "val/token_acc",
+                "val/first_token_majority", "progress/examples_seen", "progress/tokens_seen",
+                "progress/epoch", "lr-AdamW/matrices"):
+        assert tag in logged, f"{tag} missing from {sorted(logged)}"
+    assert logged["progress/examples_seen"][-1] == 20 * 16  # logged at step 20: 20 batches of 16
+    best = OneStepLM.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert best.tokenizer.to_str() == (run / "tokenizer.json").read_text()
+    assert (run / "data_issues.json").is_file()
+
+
+def test_overfit_config_memorises_a_small_file(tmp_path):
+    train("--config", str(ROOT / "configs/overfit.yaml"), "--data.train_files", str(FIXTURE),
+          "--data.val_files", str(FIXTURE), cwd=tmp_path)
+    run = tmp_path / "runs" / "overfit" / "version_0"
+    assert scalars(run)["train/loss"][-1] < 0.05
+    lm = OneStepLM.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    import json
+
+    pairs = [pair_from_record(json.loads(line)) for line in fixture_lines()]
+    outputs = generate(lm.model, lm.tokenizer.encode_prompts(pairs), eos_id=lm.tokenizer.eos_id,
+                       pad_id=lm.tokenizer.pad_id, batch_size=8)
+    exact = sum(lm.tokenizer.decode(out) == pair.target for out, pair in zip(outputs, pairs))
+    assert exact / len(pairs) >= 0.95
