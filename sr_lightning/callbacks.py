@@ -95,12 +95,12 @@ class FirstTokenDistribution(L.Callback):
         self.top = top
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        writer = _tensorboard(trainer)
-        if trainer.sanity_checking or writer is None:
+        if trainer.sanity_checking:
             return
-        predicted = pl_module.first_token_predicted.compute()  # synced across processes
+        predicted = pl_module.first_token_predicted.compute()  # a collective: every rank computes
         true = pl_module.first_token_true.compute()
-        if trainer.is_global_zero and true.sum() > 0:
+        writer = _tensorboard(trainer)
+        if writer is not None and trainer.is_global_zero and true.sum() > 0:
             writer.add_text("first_token_distribution", self.markdown(pl_module.tokenizer, predicted, true),
                             trainer.global_step)
 
@@ -121,13 +121,14 @@ class DataIssuesReport(L.Callback):
     """Writes ``data_issues.json`` (skipped training lines by reason, truncated examples) in the run directory."""
 
     def _write(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.is_global_zero or trainer.log_dir is None:
+        log_dir = trainer.log_dir  # a broadcast: every rank must ask
+        if not trainer.is_global_zero or log_dir is None:
             return
         skipped = dict(getattr(trainer.datamodule, "skipped", {}))
         report = {"skipped_lines": skipped, "skipped_total": sum(skipped.values()),
                   "truncated_examples": pl_module.progress["truncated_examples"],
                   "examples_seen": pl_module.progress["examples_seen"], "step": trainer.global_step}
-        path = Path(trainer.log_dir) / "data_issues.json"
+        path = Path(log_dir) / "data_issues.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
 

@@ -2,8 +2,13 @@
 
 The forward pass returns hidden states, not logits: training gathers the few target
 positions first and runs `lm_head` on them alone, which skips most of the work of a
-50k-vocabulary head. Module names follow Hugging Face's GPT-Neo (`wte`, `h.{i}.ln_1`, ...)
-so that `interop` maps weights by a plain rename.
+50k-vocabulary head; with `output_mask` the last block, too, runs on those positions alone.
+Module names follow Hugging Face's GPT-Neo (`wte`, `h.{i}.ln_1`, ...) so that `interop` maps
+weights by a plain rename.
+
+CPU training has its own dropout paths (measured in BENCHMARKS.md): with attention dropout,
+SDPA falls back to a slow math kernel and `bernoulli_` masks cost more than the matmuls, so
+attention runs chunked with cheap masks (`dropout_attention`). GPUs and compiled models use SDPA.
 """
 
 from __future__ import annotations
@@ -123,6 +128,11 @@ def dropout_multiplier(shape: tuple[int, ...], p: float, seed: int) -> torch.Ten
     return torch.from_numpy(factor).view(shape)
 
 
+def _cpu_dropout(x: torch.Tensor, p: float) -> bool:
+    """Whether dropout on `x` takes the CPU paths of this module (not on GPUs, nor inside torch.compile)."""
+    return 0 < p < 1 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def _seed() -> int:
     """A seed for numpy's generator drawn from torch's, so `torch.manual_seed` fixes every mask."""
     return int(torch.randint(2**62, (1,)))
@@ -132,7 +142,7 @@ class Dropout(nn.Dropout):
     """`nn.Dropout` whose CPU masks come from `dropout_multiplier` (same result, a fraction of the time)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and self.p) or x.device.type != "cpu" or torch.compiler.is_compiling():
+        if not (self.training and _cpu_dropout(x, self.p)):
             return super().forward(x)
         return x * dropout_multiplier(x.shape, self.p, _seed()).to(x.dtype)
 
@@ -214,7 +224,7 @@ class _DropoutAttention(torch.autograd.Function):
 def dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
     """Causal, unscaled attention with dropout on the probabilities, for CPU training.
 
-    q, k, v: [B, heads, T, head_dim]. The seed comes from torch's global generator, so
+    q, k, v: [B, heads, T, head_dim]; computed in fp32 whatever the autocast dtype. The seed comes from torch's global generator, so
     `torch.manual_seed` (and a restored RNG state) fixes the masks.
     """
     (b, h, t, d), dtype = q.shape, q.dtype
@@ -247,7 +257,7 @@ class KeptPositions:
 def _row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
                    dropout: float) -> torch.Tensor:
     """Unscaled attention of a few query rows [B, heads, S, d] over all keys, `visible` [B, 1, S, T]."""
-    if not (dropout and q.device.type == "cpu") or torch.compiler.is_compiling():
+    if not _cpu_dropout(q, dropout):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=visible, dropout_p=dropout, scale=1.0)
     with torch.autocast("cpu", enabled=False):  # fp32 scores, like SDPA's math path
         scores = (q.float() @ k.float().transpose(-1, -2)).masked_fill(~visible, float("-inf"))
@@ -279,7 +289,7 @@ class SelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v)
         dropout = self.attn_dropout if self.training else 0.0
-        if dropout and mask is None and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        if mask is None and _cpu_dropout(q, dropout):
             y = dropout_attention(q, k, v, dropout)
         else:
             # Without a mask the causal flag alone lets SDPA pick its fast (flash) kernels.
@@ -368,14 +378,17 @@ class GPTNeo(nn.Module):
         mask = None
         if attention_mask is not None or kv_cache is not None:
             mask = _attention_mask(attention_mask, past, t, input_ids.device)
-        last = len(self.h) - (output_mask is not None)
-        for layer, block in enumerate(self.h[:last]):
+        # Selecting positions inside a compiled graph would break it (data-dependent shapes):
+        # compiled, every position is computed and the selection comes last.
+        selective = output_mask is not None and not torch.compiler.is_compiling()
+        for layer, block in enumerate(self.h[:len(self.h) - selective]):
             x = block(x, mask, kv_cache, layer)
-        if output_mask is not None:
+        if selective:
             return self.ln_f(self.h[-1].selected(x, KeptPositions.of(output_mask)))
         if kv_cache is not None:
             kv_cache.advance(t)
-        return self.ln_f(x)
+        hidden = self.ln_f(x)
+        return hidden if output_mask is None else hidden[output_mask]
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the vocabulary; the output matrix is the (tied) token embedding."""

@@ -257,6 +257,7 @@ class OneStepLM(L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Put the tokenizer beside the checkpoints so a run directory is self-contained."""
-        if self.trainer.is_global_zero and self.trainer.log_dir is not None:
-            Path(self.trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            self.tokenizer.save(Path(self.trainer.log_dir) / "tokenizer.json")
+        log_dir = self.trainer.log_dir  # a broadcast: every rank must ask
+        if self.trainer.is_global_zero and log_dir is not None:
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.tokenizer.save(Path(log_dir) / "tokenizer.json")

@@ -11,11 +11,12 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 
 from .dataset import EpochLoader, OneStepBatches, StreamSettings
+from .online import HELDOUT_FILE, OnlineBatches, OnlineSettings, write_heldout_set
 from .stream import FileSpec, cache_dir, resolve_files
 from .tokenizer import SRTokenizer
 
@@ -47,6 +48,9 @@ class OneStepDataModule(L.LightningDataModule):
         default_data_dir: Where the default data set is generated (default: the user cache).
         default_problems: Problems in the generated default data set (split 80/10/10 by problem).
         default_targets: ``ancestors`` (members that lead to the run's best) or ``all`` members.
+        source: ``files`` (JSONL) or ``online``: training problems generated in the workers, validated
+            on a fixed held-out set (written once into ``default_data_dir``) unless ``val_files`` is set.
+        online: The online generator's settings (``--data.online.examples_per_problem 16`` ...).
     """
 
     def __init__(
@@ -67,9 +71,12 @@ class OneStepDataModule(L.LightningDataModule):
         default_data_dir: str | None = None,
         default_problems: int = 400,
         default_targets: str = "ancestors",
+        source: Literal["files", "online"] = "files",
+        online: OnlineSettings = OnlineSettings(),
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.online = OnlineSettings.of(online)
         self.tokenizer: SRTokenizer | None = None
         self.datasets: dict[str, OneStepBatches] = {}
         self.position = (0, 0)  # (epoch, training batches consumed in it)
@@ -84,16 +91,28 @@ class OneStepDataModule(L.LightningDataModule):
         return root / f"{h.default_targets}-{h.default_problems}problems-seed{h.seed}"
 
     def _uses_default_data(self) -> bool:
-        return self.hparams.train_files is None and self.hparams.val_files is None
+        return self.hparams.source == "files" and self.hparams.train_files is None and self.hparams.val_files is None
+
+    def _heldout_dir(self) -> Path:
+        """One directory per held-out-shaping settings, so a changed setting never reuses a stale set."""
+        h = self.hparams
+        root = Path(h.default_data_dir) if h.default_data_dir else default_data_dir()
+        return root / f"online-heldout-{self.online.heldout_key()}"
 
     def _files(self, split: str) -> list[Path]:
         spec = self.hparams[f"{split}_files"]
+        if spec is None and split == "val" and self.hparams.source == "online":
+            spec = self._heldout_dir() / HELDOUT_FILE
         if spec is None and self._uses_default_data():
             spec = self._default_dir() / f"{split}.jsonl"
         return resolve_files(spec)
 
     def prepare_data(self) -> None:
-        """Generate the default data set once (local rank 0 only, as Lightning arranges)."""
+        """Generate the default data set, or the online held-out set, once (local rank 0 only)."""
+        h = self.hparams
+        if h.source == "online" and h.val_files is None and not (self._heldout_dir() / "manifest.json").is_file():
+            log.info("writing the online held-out validation set into %s (first use only)", self._heldout_dir())
+            write_heldout_set(self._heldout_dir(), self.online)
         if not self._uses_default_data():
             return
         out = self._default_dir()
@@ -125,6 +144,10 @@ class OneStepDataModule(L.LightningDataModule):
         val_batch = self.hparams.val_batch_size or self.hparams.batch_size
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
         for split in splits.get(stage, []):
+            if split == "train" and self.hparams.source == "online":
+                settings = self._settings(True, self.hparams.batch_size, max_length)
+                self.datasets[split] = OnlineBatches(self.tokenizer, settings, self.online, rank, world)
+                continue
             files = self._files(split)
             if not files:
                 continue
