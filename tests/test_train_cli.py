@@ -1,17 +1,15 @@
 """train.py end to end: the quickstart leaves a complete run directory; overfit.yaml memorises a file."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sr_lightning.data.format import pair_from_record
 from sr_lightning.generation import generate
 from sr_lightning.module import OneStepLM
-from tests.test_format import FIXTURE, fixture_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,15 +46,32 @@ def test_quickstart_run_directory_is_complete(tmp_path):
     assert (run / "data_issues.json").is_file()
 
 
+def unique_prompt_lines(n: int) -> list[str]:
+    """``n`` one-step lines with distinct prompts (one prompt with several targets cannot be memorised)."""
+    from sr_lightning.data.generate import generate_examples
+    from sr_lightning.sr.problems import named_problems
+    from sr_lightning.sr.search import SearchConfig
+
+    lines, prompts = [], set()
+    for problem in named_problems().values():
+        for record in generate_examples(problem, SearchConfig(generations=12), "ancestors", seed=1):
+            key = (record["expression_id"], record["context"], record["population"])
+            if key not in prompts:
+                prompts.add(key)
+                lines.append(json.dumps(record))
+    return lines[:n]
+
+
 def test_overfit_config_memorises_a_small_file(tmp_path):
-    train("--config", str(ROOT / "configs/overfit.yaml"), "--data.train_files", str(FIXTURE),
-          "--data.val_files", str(FIXTURE), cwd=tmp_path)
+    data = tmp_path / "small.jsonl"
+    data.write_text("".join(line + "\n" for line in unique_prompt_lines(32)))
+    train("--config", str(ROOT / "configs/overfit.yaml"), "--data.train_files", str(data),
+          "--data.val_files", str(data), cwd=tmp_path)
     run = tmp_path / "runs" / "overfit" / "version_0"
     assert scalars(run)["train/loss"][-1] < 0.05
     lm = OneStepLM.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
-    import json
-
-    pairs = [pair_from_record(json.loads(line)) for line in fixture_lines()]
+    pairs = [pair_from_record(json.loads(line)) for line in data.read_text().splitlines()]
+    assert len(pairs) == 32
     outputs = generate(lm.model, lm.tokenizer.encode_prompts(pairs), eos_id=lm.tokenizer.eos_id,
                        pad_id=lm.tokenizer.pad_id, batch_size=8)
     exact = sum(lm.tokenizer.decode(out) == pair.target for out, pair in zip(outputs, pairs))
