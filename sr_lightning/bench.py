@@ -16,6 +16,12 @@ the module's own ``training_step``. The last line is ``RESULT examples_per_s=...
 for our path. ``--tokenizer gpt2-size`` builds a 50,257-entry byte-level BPE in GPT-2's layout
 (plus the four markers: 50,261) from the data, the tokenizer size of the original, since the
 GPT-2 file itself cannot be downloaded here; the default is our domain tokenizer.
+
+Timing: ``--warmup`` untimed steps, then ``--steps`` timed ones (wall clock, data loading
+included, CUDA synchronised). hf-original times ``--original-steps`` (default 1) of the same
+timed batches: padded to the context length, its step costs the same on any batch, and one
+takes minutes on a CPU. Memory is the CUDA allocator's peak, or on a CPU the process's
+resident memory sampled every 20 ms (DataLoader workers are separate processes).
 """
 
 from __future__ import annotations
