@@ -20,8 +20,8 @@ GPT-2 file itself cannot be downloaded here; the default is our domain tokenizer
 Timing: ``--warmup`` untimed steps, then ``--steps`` timed ones (wall clock, data loading
 included, CUDA synchronised). hf-original times ``--original-steps`` (default 1) of the same
 timed batches: padded to the context length, its step costs the same on any batch, and one
-takes minutes on a CPU. Memory is the CUDA allocator's peak, or on a CPU the process's
-resident memory sampled every 20 ms (DataLoader workers are separate processes).
+takes minutes on a CPU. Memory is the CUDA allocator's peak, or on a CPU the peak
+resident memory of the process and its DataLoader workers, sampled every 20 ms.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import resource
 import tempfile
 import threading
@@ -74,7 +75,7 @@ class Figures:
     """Positions the model ran on, padding included."""
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
-    """Peak GPU memory on CUDA; on CPU the process's peak resident memory during the run."""
+    """Peak GPU memory on CUDA; on CPU the peak resident memory of the process and its loader workers."""
     step_seconds: list[float] = field(default_factory=list)
 
     def add_batch(self, examples: int, tokens: int, target_tokens: int, computed_tokens: int) -> None:
@@ -131,9 +132,26 @@ class Batch:
 
 
 # -- memory ----------------------------------------------------------------------------------
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = Path(f"/proc/{pid}/task").iterdir()
+        return [int(c) for task in tasks for c in (task / "children").read_text().split()]
+    except OSError:  # the process ended while we looked
+        return []
+
+
+def _rss_mb(pid: int | None = None) -> float:
+    """Resident memory of a process and all its descendants (the DataLoader workers), in MB.
+
+    Pages a forked worker still shares with its parent count twice: an upper bound.
+    """
+    pid = pid or os.getpid()
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            own = int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+    except OSError:
+        return 0.0
+    return own + sum(_rss_mb(child) for child in _children(pid))
 
 
 @contextmanager
@@ -503,7 +521,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"bench: {len(files)} file(s), tokenizer vocab {tokenizer.vocab_size}, model {model_args.get('preset', 'tiny')} "
           f"({module.model.num_parameters() / 1e6:.2f} M parameters, {model_config.n_positions} positions), "
           f"batch {datamodule.hparams.batch_size}, {accelerator}, {precision}, {torch.get_num_threads()} threads, "
-          f"{datamodule.hparams.num_workers} workers, compile={bool(module.hparams.compile)}", flush=True)
+          f"{datamodule.hparams.num_workers} workers, compile={bool(module.hparams.compile)}, "
+          f"MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}", flush=True)
 
     trainer_args = {**config["trainer"], "accelerator": accelerator, "precision": precision, "device": device}
     ours, batches = run_ours(module, datamodule, trainer_args, args.steps, args.warmup)

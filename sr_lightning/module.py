@@ -140,16 +140,24 @@ class OneStepLM(L.LightningModule):
         return self.model.config.n_positions
 
     # -- loss -----------------------------------------------------------------------------
-    def forward(self, input_ids: Tensor) -> Tensor:
-        return self.model(input_ids)
+    def forward(self, input_ids: Tensor, output_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, output_mask=output_mask)
 
     def _step(self, batch: dict, stage: str) -> tuple[Tensor, Tensor, Tensor]:
-        """Hidden states, then the head on labelled positions only: (loss sum, logits, labels)."""
-        hidden = self(batch["input_ids"])
+        """Hidden states, then the head on labelled positions only: (loss sum, logits, labels).
+
+        Training asks the model for the labelled positions alone (its last block then runs on
+        them only); validation keeps every position for the first-token metrics.
+        """
         labels = batch["labels"]
         mask = labels != IGNORE
-        logits = self.model.lm_head(hidden[mask])
         targets = labels[mask]
+        if stage == "train":
+            hidden = selected = self(batch["input_ids"], output_mask=mask)
+        else:
+            hidden = self(batch["input_ids"])
+            selected = hidden[mask]
+        logits = self.model.lm_head(selected)
         nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         if not targets.numel():  # a label-free padding batch: keep every parameter in the graph
             nll_sum = nll_sum.nan_to_num(0.0) + 0.0 * hidden.sum()

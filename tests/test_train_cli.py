@@ -76,3 +76,14 @@ def test_overfit_config_memorises_a_small_file(tmp_path):
                        pad_id=lm.tokenizer.pad_id, batch_size=8)
     exact = sum(lm.tokenizer.decode(out) == pair.target for out, pair in zip(outputs, pairs))
     assert exact / len(pairs) >= 0.95
+
+
+def test_seeded_and_deterministic_runs_pin_mkl_kernels_unless_the_user_chose(monkeypatch):
+    from sr_lightning.cli import pin_cpu_matmul_kernels
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)
+    assert pin_cpu_matmul_kernels(deterministic=False) == "AVX2,STRICT"
+    monkeypatch.delenv("MKL_CBWR")
+    assert pin_cpu_matmul_kernels(deterministic=True) == "COMPATIBLE"
+    monkeypatch.setenv("MKL_CBWR", "AUTO")
+    assert pin_cpu_matmul_kernels(deterministic=True) == "AUTO"
