@@ -248,7 +248,7 @@ class KeptPositions:
     @classmethod
     def of(cls, mask: torch.Tensor) -> KeptPositions:
         counts = mask.sum(dim=1)
-        slots = max(1, int(counts.max()))
+        slots = max(1, int(counts.max()) if counts.numel() else 0)  # a batch of no rows still has one slot
         positions = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :slots]
         valid = torch.arange(slots, device=mask.device) < counts.unsqueeze(1)
         return cls(mask, positions, valid)
