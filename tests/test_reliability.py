@@ -47,7 +47,8 @@ def write_config(folder: Path, data: Path, **trainer) -> Path:
 
 
 def start(config: Path, *args: str, cwd: Path) -> subprocess.Popen:
-    # MKL_CBWR left behind by an in-process CLI test would pose as the user's choice: let the run decide.
+    # The CLI sets MKL_CBWR in its own process; runs made in-process (conftest's tiny_run, test_export)
+    # leave it in pytest's environment, where a child would take it for the user's choice.
     env = {**{k: v for k, v in os.environ.items() if k != "MKL_CBWR"}, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "fit", "--config", str(config), *args],
                             cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
