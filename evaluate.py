@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--seeds", type=int, default=1, help="runs per problem and method (default 1)")
     search.add_argument("--temperature", type=float, default=0.8)
     search.add_argument("--max-new-tokens", type=int, default=64)
+    search.add_argument("--proposals", type=int, help="slots the model fills per generation, the rest are "
+                        "evolved (default: all population - 1, the original's way)")
+    search.add_argument("--distinct", action="store_true", help="a proposal already in the population or the "
+                        "batch falls back to an evolved child")
     return parser
 
 
@@ -102,10 +106,16 @@ def report(args: argparse.Namespace) -> None:
 def search(args: argparse.Namespace) -> None:
     from sr_lightning.evaluation import guided_search as gs
 
+    from sr_lightning.evaluation.checkpoints import EvaluationInputError
+
+    try:
+        settings = gs.ComparisonSettings(generations=args.generations, population_size=args.population,
+                                         seeds=args.seeds, held_out=args.problems, named=not args.no_named,
+                                         temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                                         proposals=args.proposals, distinct=args.distinct)
+    except ValueError as error:
+        raise EvaluationInputError(f"--proposals: {error}") from None
     model, tokenizer, info = _load(args)
-    settings = gs.ComparisonSettings(generations=args.generations, population_size=args.population,
-                                     seeds=args.seeds, held_out=args.problems, named=not args.no_named,
-                                     temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     results = gs.compare(gs.benchmark_problems(settings), settings, model, tokenizer)
     summary = gs.summarize(results)
     out = _out(args, info, "search")

@@ -16,6 +16,7 @@ from sr_lightning.evaluation.guided_search import (
     ComparisonSettings,
     NeuralProposer,
     RunResult,
+    drop_repeats,
     first_expression,
     held_out_problems,
     run_one,
@@ -109,6 +110,36 @@ def test_neural_run_uses_the_models_proposals(trained, scripted_model):
     assert result.proposals == result.well_formed == 5
 
 
+def test_drop_repeats_keeps_first_new_occurrences():
+    population = ["x0", "(x0 + x1)"]
+    proposals = ["x0", "(x0 * x1)", None, "(x0 * x1)", "x1", "(x0 + x1)"]
+    assert drop_repeats(proposals, population) == [None, "(x0 * x1)", None, None, "x1", None]
+
+
+def test_model_fills_only_the_slots_it_is_given(trained, scripted_model):
+    _, tokenizer = trained
+    problem = named_problems()["bivariate_sum"]
+    settings = ComparisonSettings(generations=4, population_size=6, proposals=2)
+    result = run_one(problem, "neural", 0, settings, scripted_model(tokenizer, "(x0 * x1)"), tokenizer)
+    assert result.proposals == result.well_formed == (result.generations - 1) * 2 and result.repeats == 0
+    with pytest.raises(ValueError, match="proposals must be in 0 .. population_size - 1 = 5"):
+        ComparisonSettings(population_size=6, proposals=6)
+
+
+def test_distinct_proposals_leave_repeats_to_evolution(trained, scripted_model):
+    _, tokenizer = trained
+    X = named_problems()["x0_x1_squared"].X
+    problem = Problem(5, "quadratic sum", "((x0 * x0) + x1)", X, X[:, 0] ** 2 + X[:, 1], 0)
+    stuck = scripted_model(tokenizer, "(x0 * x1)")  # always the same wrong expression
+    settings = ComparisonSettings(generations=4, population_size=6, distinct=True)
+    result = run_one(problem, "neural", 0, settings, stuck, tokenizer)
+    # generation 1 takes one copy (4 repeats); later ones already hold it (via the elite or a child)
+    assert result.proposals == 15 and result.well_formed + result.repeats == 15
+    assert 1 <= result.well_formed <= 3 and result.repeats >= 12
+    summary = summarize([result])["neural"]
+    assert summary["well_formed_rate"] == 1.0 and summary["repeat_rate"] == result.repeats / 15
+
+
 def test_summary_by_hand():
     def run(method, mse, r2, gens, proposals=0, well_formed=0, seconds=1.0):
         return RunResult("p", 1, 1, method, 0, "x0", mse, r2, mse <= 1e-10, 10, gens, proposals, well_formed,
@@ -119,7 +150,7 @@ def test_summary_by_hand():
     summary = summarize(results)
     assert summary["basic"] == {"runs": 3, "solve_rate": 2 / 3, "median_best_mse": 1e-12, "r2_rate": 2 / 3,
                                 "median_generations_to_solve": 6.0, "well_formed_rate": None,
-                                "wall_seconds": 3.0, "mean_seconds_per_run": 1.0}
+                                "repeat_rate": None, "wall_seconds": 3.0, "mean_seconds_per_run": 1.0}
     assert summary["neural"]["solve_rate"] == 0.5 and summary["neural"]["r2_rate"] == 1.0
     assert summary["neural"]["median_best_mse"] == 0.25 and summary["neural"]["median_generations_to_solve"] == 2
     assert summary["neural"]["well_formed_rate"] == 29 / 38 and summary["neural"]["wall_seconds"] == 5.0

@@ -55,6 +55,17 @@ class ComparisonSettings:
     named: bool = True  # include the named benchmark problems
     temperature: float = 0.8  # sampling temperature of proposals (the original's)
     max_new_tokens: int = 64  # decoding budget per proposal
+    proposals: int | None = None  # slots the model fills per generation; None: all P - 1 (the original's)
+    distinct: bool = False  # a proposal already in the population or the batch falls back to an evolved child
+
+    def __post_init__(self) -> None:
+        if self.proposals is not None and not 0 <= self.proposals < self.population_size:
+            raise ValueError(f"proposals must be in 0 .. population_size - 1 = {self.population_size - 1}, "
+                             f"got {self.proposals}")
+
+    @property
+    def proposal_count(self) -> int:
+        return self.population_size - 1 if self.proposals is None else self.proposals
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(population_size=self.population_size, generations=self.generations,
@@ -77,13 +88,34 @@ def first_expression(completion: str) -> str | None:
         return None
 
 
+def drop_repeats(proposals: Sequence[str | None], population: Sequence[str]) -> list[str | None]:
+    """``proposals`` with None for each one already in ``population`` or earlier in the list.
+
+    A small model collapses onto a few expressions; without this, most of a generation can be
+    copies of one member, which the elite already keeps, and the search loses its diversity.
+    """
+    seen, kept = set(population), []
+    for proposal in proposals:
+        kept.append(None if proposal in seen else proposal)
+        seen.add(proposal)
+    return kept
+
+
 class NeuralProposer:
-    """BasicSR's `Proposer`: P - 1 sampled completions of the current population's prompt, in one batch."""
+    """BasicSR's `Proposer`: sampled completions of the current population's prompt, in one batch.
+
+    By default it fills all P - 1 slots (the original's way); ``count`` fills fewer, and the search
+    evolves the rest. With ``distinct``, repeats become None and fall back to evolved children too;
+    ``repeats`` counts them.
+    """
 
     def __init__(self, model: GPTNeo, tokenizer: SRTokenizer, config: SearchConfig, n_vars: int,
-                 temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0):
+                 temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
+                 distinct: bool = False):
         self.model, self.tokenizer, self.config, self.n_vars = model, tokenizer, config, n_vars
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
+        self.count = config.population_size - 1 if count is None else count
+        self.distinct, self.repeats = distinct, 0
         self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
 
     def prompt_ids(self, generation: int, expressions: Sequence[str], fitnesses: Sequence[float]) -> list[int]:
@@ -97,11 +129,19 @@ class NeuralProposer:
         return fitted.input_ids + [self.tokenizer.target_id]
 
     def __call__(self, generation: int, expressions: list[str], fitnesses: list[float]) -> list[str | None]:
+        if self.count == 0:
+            return []
         prompt = self.prompt_ids(generation, expressions, fitnesses)
-        outputs = generate(self.model, [prompt] * (self.config.population_size - 1), eos_id=self.tokenizer.eos_id,
+        outputs = generate(self.model, [prompt] * self.count, eos_id=self.tokenizer.eos_id,
                            pad_id=self.tokenizer.pad_id, max_new_tokens=self.max_new_tokens,
                            temperature=self.temperature, generator=self.generator)
-        return [first_expression(self.tokenizer.decode(out)) for out in outputs]
+        proposals = [first_expression(self.tokenizer.decode(out)) for out in outputs]
+        if not self.distinct:
+            return proposals
+        kept = drop_repeats(proposals, expressions)
+        self.repeats += sum(p is not None and k is None and parse(p).size <= self.config.max_size
+                            for p, k in zip(proposals, kept))
+        return kept
 
 
 # -- problems -------------------------------------------------------------------------------
@@ -132,8 +172,9 @@ class RunResult:
     generations: int  # generations evaluated (a solved run stops early)
     generations_to_solve: int | None
     proposals: int  # proposals returned by the model (neural only)
-    well_formed: int  # proposals that parsed within max_size and were used
+    well_formed: int  # proposals that parsed within max_size and were used (repeats are not used)
     seconds: float
+    repeats: int = 0  # well-formed proposals dropped as repeats (``distinct`` only)
 
 
 def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
@@ -142,7 +183,8 @@ def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettin
     proposer = None
     if method == "neural":
         proposer = NeuralProposer(model, tokenizer, config, problem.n_vars, settings.temperature,
-                                  settings.max_new_tokens, seed=problem.expression_id * 1000 + seed)
+                                  settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
+                                  count=settings.proposal_count, distinct=settings.distinct)
     start = time.perf_counter()
     trace = run_search(problem.X, problem.y, config, seed=[problem.expression_id, seed], proposer=proposer)
     seconds = time.perf_counter() - start
@@ -151,7 +193,7 @@ def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettin
     return RunResult(problem.name, problem.expression_id, problem.n_vars, method, seed, trace.best_expression,
                      error, r2(problem.y, prediction), error <= SOLVED_MSE, len(trace.generations),
                      trace.generations_to_solve(SOLVED_MSE), trace.proposals_total, trace.proposals_well_formed,
-                     seconds)
+                     seconds, proposer.repeats if proposer else 0)
 
 
 def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo,
@@ -178,7 +220,8 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             "median_best_mse": statistics.median(r.best_mse for r in runs),
             "r2_rate": sum(r.r2 >= R2_THRESHOLD for r in runs) / len(runs),
             "median_generations_to_solve": statistics.median(solved) if solved else None,
-            "well_formed_rate": sum(r.well_formed for r in runs) / proposals if proposals else None,
+            "well_formed_rate": sum(r.well_formed + r.repeats for r in runs) / proposals if proposals else None,
+            "repeat_rate": sum(r.repeats for r in runs) / proposals if proposals else None,
             "wall_seconds": sum(r.seconds for r in runs),
             "mean_seconds_per_run": statistics.fmean(r.seconds for r in runs),
         }
@@ -194,7 +237,7 @@ def _fmt(value: Any) -> str:
 
 
 SUMMARY_COLUMNS = ("runs", "solve_rate", "median_best_mse", "r2_rate", "median_generations_to_solve",
-                   "well_formed_rate", "wall_seconds")
+                   "well_formed_rate", "repeat_rate", "wall_seconds")
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
@@ -224,7 +267,9 @@ def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunRes
                     settings: ComparisonSettings, checkpoint: str) -> str:
     lines = ["# Neural-guided search vs BasicSR", "",
              f"Checkpoint `{checkpoint}`; {settings.generations} generations of {settings.population_size}, "
-             f"{settings.seeds} seed(s) per problem, proposals sampled at temperature {settings.temperature}; "
+             f"{settings.seeds} seed(s) per problem; the model fills {settings.proposal_count} of "
+             f"{settings.population_size - 1} slots per generation"
+             f"{' with distinct proposals' if settings.distinct else ''}, sampled at temperature {settings.temperature}; "
              f"solved = MSE <= {SOLVED_MSE:g} on the problem's points.", "", "## Summary", ""]
     lines += summary_table(summary) + ["", "## Per problem", ""] + problem_table(results)
     return "\n".join(lines) + "\n"
