@@ -121,6 +121,7 @@ def search(args: argparse.Namespace) -> None:
     out = _out(args, info, "search")
     gs.write_results(summary, results, settings, info["checkpoint"], out)
     print("\n".join(gs.summary_table(summary)))
+    print("runs solved by " + ", ".join(f"{who}: {n}" for who, n in gs.solved_pairs(results).items()))
     print(f"wrote {out / 'search.json'}, {out / 'search.md'}")
 
 

@@ -21,6 +21,7 @@ from sr_lightning.evaluation.guided_search import (
     held_out_problems,
     run_one,
     search_pair,
+    solved_pairs,
     summarize,
 )
 from sr_lightning.sr.expression import parse
@@ -141,19 +142,23 @@ def test_distinct_proposals_leave_repeats_to_evolution(trained, scripted_model):
 
 
 def test_summary_by_hand():
-    def run(method, mse, r2, gens, proposals=0, well_formed=0, seconds=1.0):
-        return RunResult("p", 1, 1, method, 0, "x0", mse, r2, mse <= 1e-10, 10, gens, proposals, well_formed,
-                         seconds)
+    def run(method, mse, r2, gens, proposals=0, well_formed=0, seconds=1.0, seed=0, problem=1):
+        return RunResult("p", problem, 1, method, seed, "x0", mse, r2, mse <= 1e-10, 10, gens, proposals,
+                         well_formed, seconds)
 
-    results = [run("basic", 0.0, 1.0, 4), run("basic", 2.0, 0.5, None), run("basic", 1e-12, 1.0, 8),
-               run("neural", 0.5, 0.995, None, 19, 10, 2.0), run("neural", 0.0, 1.0, 2, 19, 19, 3.0)]
+    results = [run("basic", 0.0, 1.0, 4), run("basic", 2.0, 0.5, None, seed=1),
+               run("basic", 1e-12, 1.0, 8, seed=2),
+               run("neural", 0.5, 0.995, None, 19, 10, 2.0), run("neural", 0.0, 1.0, 2, 19, 19, 3.0, seed=1)]
     summary = summarize(results)
-    assert summary["basic"] == {"runs": 3, "solve_rate": 2 / 3, "median_best_mse": 1e-12, "r2_rate": 2 / 3,
+    assert summary["basic"] == {"runs": 3, "solve_rate": 2 / 3, "solved_by_seed": [1, 0, 1],
+                                "median_best_mse": 1e-12, "r2_rate": 2 / 3,
                                 "median_generations_to_solve": 6.0, "well_formed_rate": None,
                                 "repeat_rate": None, "wall_seconds": 3.0, "mean_seconds_per_run": 1.0}
     assert summary["neural"]["solve_rate"] == 0.5 and summary["neural"]["r2_rate"] == 1.0
     assert summary["neural"]["median_best_mse"] == 0.25 and summary["neural"]["median_generations_to_solve"] == 2
     assert summary["neural"]["well_formed_rate"] == 29 / 38 and summary["neural"]["wall_seconds"] == 5.0
+    assert summary["neural"]["solved_by_seed"] == [0, 1]
+    assert solved_pairs(results) == {"both": 0, "basic_only": 2, "neural_only": 1, "neither": 0}
 
 
 def test_held_out_problems_use_seeds_no_training_problem_can_have():
@@ -171,6 +176,7 @@ def test_search_command_writes_both_methods(tiny_run, tmp_path, capsys):
     assert evaluate.main(argv) == 0
     document = json.loads((tmp_path / "search.json").read_text())
     assert set(document["summary"]) == {"basic", "neural"}
+    assert sum(document["solved_pairs"].values()) == 1  # one problem, one seed
     for method in ("basic", "neural"):
         assert {"solve_rate", "median_best_mse", "r2_rate", "median_generations_to_solve", "well_formed_rate",
                 "wall_seconds"} <= set(document["summary"][method])

@@ -214,9 +214,11 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             continue
         solved = [r.generations_to_solve for r in runs if r.solved and r.generations_to_solve is not None]
         proposals = sum(r.proposals for r in runs)
+        seeds = sorted({r.seed for r in runs})
         summary[method] = {
             "runs": len(runs),
             "solve_rate": sum(r.solved for r in runs) / len(runs),
+            "solved_by_seed": [sum(r.solved for r in runs if r.seed == seed) for seed in seeds],
             "median_best_mse": statistics.median(r.best_mse for r in runs),
             "r2_rate": sum(r.r2 >= R2_THRESHOLD for r in runs) / len(runs),
             "median_generations_to_solve": statistics.median(solved) if solved else None,
@@ -228,6 +230,15 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def solved_pairs(results: Sequence[RunResult]) -> dict[str, int]:
+    """Runs (problem, seed) solved by both methods or by one only: where the methods differ, not just how much."""
+    solved = {(r.expression_id, r.seed, r.method): r.solved for r in results}
+    pairs = {(problem, seed) for problem, seed, _ in solved}
+    outcome = [(solved.get((*pair, "basic"), False), solved.get((*pair, "neural"), False)) for pair in pairs]
+    return {"both": outcome.count((True, True)), "basic_only": outcome.count((True, False)),
+            "neural_only": outcome.count((False, True)), "neither": outcome.count((False, False))}
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -236,7 +247,7 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-SUMMARY_COLUMNS = ("runs", "solve_rate", "median_best_mse", "r2_rate", "median_generations_to_solve",
+SUMMARY_COLUMNS = ("runs", "solve_rate", "solved_by_seed", "median_best_mse", "r2_rate", "median_generations_to_solve",
                    "well_formed_rate", "repeat_rate", "wall_seconds")
 
 
@@ -269,9 +280,14 @@ def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunRes
              f"Checkpoint `{checkpoint}`; {settings.generations} generations of {settings.population_size}, "
              f"{settings.seeds} seed(s) per problem; the model fills {settings.proposal_count} of "
              f"{settings.population_size - 1} slots per generation"
-             f"{' with distinct proposals' if settings.distinct else ''}, sampled at temperature {settings.temperature}; "
+             f"{' with distinct proposals' if settings.distinct else ''}, "
+             f"sampled at temperature {settings.temperature}; "
              f"solved = MSE <= {SOLVED_MSE:g} on the problem's points.", "", "## Summary", ""]
-    lines += summary_table(summary) + ["", "## Per problem", ""] + problem_table(results)
+    pairs = solved_pairs(results)
+    lines += summary_table(summary) + ["", f"Runs solved by both methods: {pairs['both']}, by BasicSR only: "
+                                       f"{pairs['basic_only']}, by neural-guided only: {pairs['neural_only']}, "
+                                       f"by neither: {pairs['neither']}.", "", "## Per problem", ""]
+    lines += problem_table(results)
     return "\n".join(lines) + "\n"
 
 
@@ -279,6 +295,6 @@ def write_results(summary: dict[str, dict[str, Any]], results: Sequence[RunResul
                   checkpoint: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     document = {"checkpoint": checkpoint, "settings": asdict(settings), "summary": summary,
-                "runs": [asdict(r) for r in results]}
+                "solved_pairs": solved_pairs(results), "runs": [asdict(r) for r in results]}
     (out / "search.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "search.md").write_text(render_markdown(summary, results, settings, checkpoint))
