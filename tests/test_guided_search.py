@@ -123,6 +123,11 @@ def test_model_fills_only_the_slots_it_is_given(trained, scripted_model):
     settings = ComparisonSettings(generations=4, population_size=6, proposals=2)
     result = run_one(problem, "neural", 0, settings, scripted_model(tokenizer, "(x0 * x1)"), tokenizer)
     assert result.proposals == result.well_formed == (result.generations - 1) * 2 and result.repeats == 0
+    none = run_one(problem, "neural", 0, ComparisonSettings(generations=4, population_size=6, proposals=0),
+                   scripted_model(tokenizer, "(x0 * x1)"), tokenizer)
+    basic = run_one(problem, "basic", 0, settings)
+    assert none.proposals == 0 and (none.best_expression, none.generations) == (basic.best_expression,
+                                                                              basic.generations)
     with pytest.raises(ValueError, match="proposals must be in 0 .. population_size - 1 = 5"):
         ComparisonSettings(population_size=6, proposals=6)
 
@@ -184,3 +189,10 @@ def test_search_command_writes_both_methods(tiny_run, tmp_path, capsys):
     assert len(neural) == 1 and neural[0]["proposals"] == (neural[0]["generations"] - 1) * 5
     assert "| problem |" in (tmp_path / "search.md").read_text()
     assert "solve_rate" in capsys.readouterr().out
+
+
+def test_search_command_rejects_more_proposals_than_slots(tmp_path, capsys):
+    argv = ["search", "--runs", str(tmp_path), "--population", "6", "--proposals", "6"]
+    assert evaluate.main(argv) == 2
+    assert capsys.readouterr().err.strip() == \
+        "error: --proposals: proposals must be in 0 .. population_size - 1 = 5, got 6"
