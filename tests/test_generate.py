@@ -94,6 +94,20 @@ def test_ancestor_targets_follow_the_ancestry():
     assert records[-1]["target"] == trace.best_expression
 
 
+def test_new_ancestor_targets_are_the_ancestors_their_population_lacks():
+    problem = named_problems()["polynomial_product"]
+    trace = run_search(problem.X, problem.y, SearchConfig(population_size=10, generations=8), seed=3)
+    ancestors = list(records_from_trace(trace, problem, "ancestors"))
+    new = list(records_from_trace(trace, problem, "new-ancestors"))
+
+    def step(record):
+        return record["metadata"]["generation"], record["target"]
+
+    held = {(g, e) for g, generation in enumerate(trace.generations) for e in generation.expressions}
+    assert [step(r) for r in new] == [step(r) for r in ancestors if step(r) not in held]
+    assert 0 < len(new) < len(ancestors)  # the elite's copies go, the new children stay
+
+
 def test_all_targets_and_seeded_library_function():
     problem = random_problem(generated_id(0), 0)
     config = SearchConfig(population_size=5, generations=3)

@@ -47,7 +47,8 @@ class OneStepDataModule(L.LightningDataModule):
         strict: Stop at the first bad line instead of skipping and counting it.
         default_data_dir: Where the default data set is generated (default: the user cache).
         default_problems: Problems in the generated default data set (split 80/10/10 by problem).
-        default_targets: ``ancestors`` (members that lead to the run's best) or ``all`` members.
+        default_targets: ``ancestors`` (members that lead to the run's best), ``new-ancestors`` (those of
+            them the read generation does not already hold) or ``all`` members.
         source: ``files`` (JSONL) or ``online``: training problems generated in the workers, validated
             on a fixed held-out set (written once into ``default_data_dir``) unless ``val_files`` is set.
         online: The online generator's settings (``--data.online.examples_per_problem 16`` ...).

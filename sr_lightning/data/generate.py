@@ -8,7 +8,8 @@ problems are processed in a pool but consumed in order.
 
 One record per (generation g, target member of generation g+1): the model reads generation g
 and writes that member. ``--targets ancestors`` keeps only members that are ancestors of the
-run's final best (the original's ``*_ancs*`` files).
+run's final best (the original's ``*_ancs*`` files); ``--targets new-ancestors`` keeps those of
+them that generation g does not already hold.
 """
 
 from __future__ import annotations
@@ -40,15 +41,25 @@ from sr_lightning.sr.search import Seed, SearchConfig, Trace, ancestors_of_best,
 
 SIDECAR = "problems.json"
 SPLITS = ("train", "val", "test")
-TARGETS = ("all", "ancestors")
+TARGETS = ("all", "ancestors", "new-ancestors")
 _SEARCH_STREAM = 1  # seeds the search of a problem apart from the draw of the problem itself
 _SPLIT_STREAM = 2
 
 
 def target_indices(trace: Trace, targets: str) -> list[list[int]]:
-    """Per generation g+1 (g = 0 .. G-2), the member indices that become targets, ascending."""
-    if targets == "ancestors":
-        return [sorted(members) for members in ancestors_of_best(trace)[1:]]
+    """Per generation g+1 (g = 0 .. G-2), the member indices that become targets, ascending.
+
+    ``new-ancestors`` drops the ancestors that generation g already holds (the elite and other
+    copies): a model trained on them learns to repeat a member it reads, which in a search only
+    crowds out new children.
+    """
+    if targets in ("ancestors", "new-ancestors"):
+        chosen = [sorted(members) for members in ancestors_of_best(trace)[1:]]
+        if targets == "ancestors":
+            return chosen
+        steps = zip(chosen, trace.generations, trace.generations[1:])
+        return [[i for i in members if following.expressions[i] not in current.expressions]
+                for members, current, following in steps]
     if targets == "all":
         return [list(range(len(g.expressions))) for g in trace.generations[1:]]
     raise ValueError(f"targets must be one of {TARGETS}, got {targets!r}")

@@ -74,7 +74,8 @@ class OnlineSettings:
     """Distance (``S``) between batches that share problems; a worker runs each search once
     only when ``num_workers`` divides it (otherwise still correct, just slower)."""
     targets: str = "all"
-    """``all`` members of generation g+1 are targets, or only the ``ancestors`` of the run's best."""
+    """``all`` members of generation g+1 are targets, only the ``ancestors`` of the run's best, or
+    ``new-ancestors``: those ancestors that generation g does not already hold."""
     min_vars: int = 1
     """Fewest variables of a random problem."""
     max_vars: int = 10
