@@ -105,7 +105,6 @@ def report(args: argparse.Namespace) -> None:
 
 def search(args: argparse.Namespace) -> None:
     from sr_lightning.evaluation import guided_search as gs
-
     from sr_lightning.evaluation.checkpoints import EvaluationInputError
 
     try:

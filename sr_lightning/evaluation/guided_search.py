@@ -36,7 +36,7 @@ from ..generation import generate
 from ..model import GPTNeo
 from ..sr.expression import ExpressionError, mse, parse, parse_first, predict, r2
 from ..sr.problems import Problem, ProblemConfig, named_problems, random_problem
-from ..sr.search import SOLVED_MSE, SearchConfig, run_search
+from ..sr.search import SOLVED_MSE, SearchConfig, run_search, usable_proposal
 
 HELD_OUT_SEED_BASE = 2**32  # above every 32-bit seed of the data generator's problems
 HELD_OUT_ID_BASE = 10**9  # expression ids of held-out problems, far above any generated id
@@ -139,7 +139,7 @@ class NeuralProposer:
         if not self.distinct:
             return proposals
         kept = drop_repeats(proposals, expressions)
-        self.repeats += sum(p is not None and k is None and parse(p).size <= self.config.max_size
+        self.repeats += sum(k is None and usable_proposal(p, self.config.max_size) is not None
                             for p, k in zip(proposals, kept))
         return kept
 

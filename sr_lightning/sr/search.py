@@ -41,6 +41,17 @@ Seed = int | Sequence[int] | np.random.Generator | None  # anything np.random.de
 Proposer = Callable[[int, list[str], list[float]], Sequence["str | None"]]
 
 
+def usable_proposal(candidate: str | None, max_size: int) -> Expr | None:
+    """A proposed expression if it parses and has at most ``max_size`` nodes, else None."""
+    if candidate is None:
+        return None
+    try:
+        expr = parse(candidate)
+    except ExpressionError:
+        return None
+    return expr if expr.size <= max_size else None
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """BasicSR settings; the defaults are the original's trace settings."""
@@ -235,16 +246,6 @@ class BasicSR:
             child = population[parents[0]]
         return child, parents
 
-    def accept_proposal(self, candidate: str | None) -> Expr | None:
-        """A proposed expression if it parses and fits max_size, else None."""
-        if candidate is None:
-            return None
-        try:
-            expr = parse(candidate)
-        except ExpressionError:
-            return None
-        return expr if expr.size <= self.config.max_size else None
-
     def next_generation(self, index: int, population: list[Expr], fitnesses: list[float], best: Expr,
                         proposer: Proposer | None = None) -> tuple[list[Expr], list[tuple[int, ...]], int, int]:
         """Children of generation ``index``: the elite, then proposals (where usable) or evolved children.
@@ -259,7 +260,7 @@ class BasicSR:
             proposals = list(proposer(index, [str(e) for e in population], list(fitnesses)))[: size - 1]
         used = 0
         for slot in range(1, size):
-            proposed = self.accept_proposal(proposals[slot - 1]) if slot - 1 < len(proposals) else None
+            proposed = usable_proposal(proposals[slot - 1], self.config.max_size) if slot - 1 < len(proposals) else None
             if proposed is not None:
                 children.append(proposed)
                 parents.append(())
