@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "(default: the run's validation files)")
     report.add_argument("--problems", help="problems file with X/y per expression id (default: the file each "
                                            "record's metadata names, or problems.json, beside the data)")
-    report.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    report.add_argument("--limit", type=int, help="evaluate only the first N lines (default: the lines the run "
+                                                  "validated on, so val_loss is its val/loss; 0: every line)")
     report.add_argument("--batch-size", type=int, default=32)
     report.add_argument("--max-new-tokens", type=int, default=128)
     search = commands.add_parser("search", help="neural-guided search vs BasicSR")
@@ -86,6 +87,22 @@ def _out(args: argparse.Namespace, info: dict[str, Any], name: str) -> Path:
     return Path(info["run_dir"]) / name if info.get("run_dir") else Path(name)
 
 
+def _limit(args: argparse.Namespace, info: dict[str, Any], files: list[Path]) -> int | None:
+    """Lines to evaluate: ``--limit`` (0: all), else on the run's own validation files the lines it validated on."""
+    from sr_lightning.evaluation.checkpoints import validated_lines
+
+    if args.limit is not None:
+        limit, why = args.limit or None, "as --limit says"
+    elif args.data:
+        limit, why = None, "all of --data"
+    else:
+        limit, why = validated_lines(info, files)
+    shown = "every line" if limit is None else f"the first {limit:,} lines"
+    print(f"  data: {shown} of {', '.join(str(f) for f in files)}: {why}"
+          + ("; --limit 0 evaluates all" if limit is not None and args.limit is None else ""), file=sys.stderr)
+    return limit
+
+
 def report(args: argparse.Namespace) -> None:
     from sr_lightning.data.stream import resolve_files
     from sr_lightning.evaluation.checkpoints import validation_files
@@ -93,7 +110,8 @@ def report(args: argparse.Namespace) -> None:
 
     model, tokenizer, info = _load(args)
     files = resolve_files(args.data or validation_files(info))
-    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=args.limit,
+    limit = _limit(args, info, files)
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit,
                             max_length=info["data"].get("max_length"),
                             include_target_token=bool(info["data"].get("include_target_token")))
     out = _out(args, info, "evaluation")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
+from .console import configure_console, fit_summary
 from .data.datamodule import OneStepDataModule
 from .data.stream import BadInputError
 from .module import OneStepLM
@@ -44,6 +46,15 @@ def find_last_checkpoint(root: Path) -> tuple[Path, int | str]:
     return path, int(version.removeprefix("version_")) if version.startswith("version_") else version
 
 
+def first_new_ancestor(path: Path) -> Path | None:
+    """The outermost folder of ``path`` (itself included) that does not exist yet; None if it exists."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI whose ``--ckpt_path last`` resumes the newest run and keeps logging into its directory.
 
@@ -71,10 +82,47 @@ class TrainCLI(LightningCLI):
         args.version = version
         print(f"resuming from {path}", file=sys.stderr)
 
+    def fit(self, model: OneStepLM, **kwargs) -> None:
+        """``Trainer.fit``; a launch that fails before its first step leaves no run directory behind.
+
+        Lightning creates the logger's directory (an events file) before the data is set up, so a
+        missing data file would otherwise leave an empty ``version_N`` that TensorBoard lists.
+        """
+        log_dir = self.trainer.log_dir  # a broadcast: every rank asks
+        created = first_new_ancestor(Path(log_dir)) if log_dir else None
+        try:
+            self.trainer.fit(model, **kwargs)
+        except BaseException:
+            if created is not None and self.trainer.is_global_zero and self.trainer.global_step == 0 \
+                    and not any(created.glob("**/*.ckpt")):
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer), file=sys.stderr)
+
+
+def missing_config_files(argv: list[str]) -> list[str]:
+    """``--config``/``-c`` values that name a file which is not there (inline YAML is left alone)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            values.append(arg.partition("=")[2])
+    return [v for v in values if not any(c in v for c in "{}:\n") and not Path(v).exists()]
+
 
 def main(args: list[str] | None = None) -> LightningCLI | None:
+    """Run the CLI; a missing config or data file is one ``error:`` line and exit status 2."""
+    configure_console()
+    missing = missing_config_files(sys.argv[1:] if args is None else list(args))
     try:
-        return TrainCLI(OneStepLM, OneStepDataModule, save_config_kwargs={"overwrite": True}, args=args)
+        if missing:
+            raise FileNotFoundError(f"config file not found: {missing[0]}")
+        return TrainCLI(OneStepLM, OneStepDataModule, save_config_kwargs={"overwrite": True}, args=args,
+                        trainer_defaults={"enable_model_summary": False})
     except (FileNotFoundError, BadInputError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -171,6 +171,8 @@ class OneStepLM(L.LightningModule):
         if not self._count_progress(batch, targets, finite=bool(torch.isfinite(loss))):
             return self._nonfinite(batch, loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=max(1, batch["n_examples"]))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=1)
+        self.log("step", float(self.global_step + 1), batch_size=1)  # this batch makes update N: log it at N
         epoch_fraction = self.current_epoch + (batch_idx + 1) / max(1, self.trainer.num_training_batches)
         self.log_dict({f"progress/{k}": float(v) for k, v in self.progress.items()}, batch_size=1)
         self.log("progress/epoch", epoch_fraction, batch_size=1)
@@ -229,6 +231,11 @@ class OneStepLM(L.LightningModule):
         self._log_metrics("test")
 
     def _log_metrics(self, stage: str) -> None:
+        """The stage's metrics, at the number of optimizer updates the model has had (as checkpoint names).
+
+        Lightning would log them one step earlier (its counter advances after validation).
+        """
+        self.log("step", float(self.global_step), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
         metrics = {
             "loss": self.val_loss, "nll_per_target": self.val_nll_per_target,
             "first_token_acc": self.val_first_token_acc, "token_acc": self.val_token_acc,
@@ -264,8 +271,17 @@ class OneStepLM(L.LightningModule):
             set_rng_states(checkpoint["rng_states"])
 
     def on_fit_start(self) -> None:
-        """Put the tokenizer beside the checkpoints so a run directory is self-contained."""
+        """Put the tokenizer beside the checkpoints so a run directory is self-contained, and say what trains."""
         log_dir = self.trainer.log_dir  # a broadcast: every rank must ask
         if self.trainer.is_global_zero and log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.tokenizer.save(Path(log_dir) / "tokenizer.json")
+        if self.trainer.is_global_zero:
+            log.info("model: %s", self.describe())
+
+    def describe(self) -> str:
+        """One line with the model's real figures (Lightning's summary table counts 0 FLOPs for it)."""
+        c = self.model.config
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"GPT-Neo, {n / 1e6:.2f} M parameters ({c.n_layers} layers, hidden {c.hidden_size}, "
+                f"{c.n_heads} heads, {c.n_positions:,} positions, vocabulary {c.vocab_size:,})")

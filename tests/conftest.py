@@ -27,10 +27,8 @@ import yaml
 
 from sr_lightning.data.tokenizer import SRTokenizer
 from sr_lightning.model import GPTNeo, ModelConfig
+from tests.helpers import SAMPLE, SAMPLE_PROBLEMS
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"  # as tests/test_format.py
-SAMPLE = FIXTURES / "original_sample.jsonl"
-SAMPLE_PROBLEMS = FIXTURES / "original_sample_problems.json"
 TRAIN_LINES = 10  # the first 10 lines train; the other 8 validate
 STEPS = 75
 VAL_EVERY = 25  # one batch per epoch, so validation every 25 epochs is every 25 steps
@@ -90,22 +88,34 @@ def one_thread() -> Iterator[None]:
         yield
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
-    from sr_lightning.cli import main
-
-    root = tmp_path_factory.mktemp("tiny_run")
+def write_tiny_data(root: Path) -> tuple[Path, Path, Path]:
+    """The fixture split into train (10 lines) and val (8 lines) files, with the problems file beside them."""
     lines = SAMPLE.read_text().splitlines(keepends=True)
     train_file, val_file = root / "train.jsonl", root / "val.jsonl"
     train_file.write_text("".join(lines[:TRAIN_LINES]))
     val_file.write_text("".join(lines[TRAIN_LINES:]))
     problems_file = shutil.copy(SAMPLE_PROBLEMS, root / SAMPLE_PROBLEMS.name)  # the name its records give
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(root, train_file, val_file)))
+    return train_file, val_file, Path(problems_file)
+
+
+def train_in_process(root: Path, config: dict) -> Path:
+    """``train.py fit`` with ``config`` (written to ``root/tiny.yaml``); returns the run directory."""
+    from sr_lightning.cli import main
+
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
     # LightningCLI also reads sys.argv; seed_everything sets PL_GLOBAL_SEED: leave both as they were.
     with torch_threads(1), mock.patch.object(sys, "argv", ["train.py"]), mock.patch.dict(os.environ):
-        main(["fit", "--config", str(config)])
-    return TinyRun(root, root / "runs" / "tiny" / "version_0", train_file, val_file, Path(problems_file))
+        main(["fit", "--config", str(path)])
+    return root / "runs" / "tiny" / "version_0"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
+    root = tmp_path_factory.mktemp("tiny_run")
+    train_file, val_file, problems_file = write_tiny_data(root)
+    run_dir = train_in_process(root, tiny_config(root, train_file, val_file))
+    return TinyRun(root, run_dir, train_file, val_file, problems_file)
 
 
 class ScriptedModel(GPTNeo):

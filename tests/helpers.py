@@ -1,9 +1,15 @@
-"""Small builders shared by the data tests."""
+"""The fixture files (inside the repository: no test reads outside the clone) and small builders."""
 
 import json
 from pathlib import Path
 
-from tests.test_format import fixture_lines
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+SAMPLE = FIXTURES / "original_sample.jsonl"  # 18 lines written by the original system
+SAMPLE_PROBLEMS = FIXTURES / "original_sample_problems.json"  # their problems' X and y
+
+
+def fixture_lines() -> list[str]:
+    return SAMPLE.read_text().splitlines()
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

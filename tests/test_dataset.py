@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from torch.utils.data import DataLoader
 
 from sr_lightning.data.dataset import EpochLoader, OneStepBatches, StreamSettings
 from sr_lightning.data.tokenizer import SRTokenizer

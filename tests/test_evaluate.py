@@ -39,13 +39,13 @@ from sr_lightning.generation import generate
 from sr_lightning.interop import save_hf_gpt_neo
 from sr_lightning.sr.expression import ExpressionError, fitness, parse
 from sr_lightning.sr.problems import Problem, load_problems
-from tests.conftest import STEPS
+from tests.conftest import STEPS, tiny_config, train_in_process, write_tiny_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPORT_KEYS = ("checkpoint", "step", "best_step", "n_examples", "val_loss", "nll_per_target",
                "first_token_accuracy", "first_token_majority_baseline", "token_accuracy", "exact_match",
                "valid_rate", "copy_rate", "unique_rate", "degenerate_rate", "first_token_distribution",
-               "mean_fitness_gain", "findings", "unparsable_targets")
+               "median_fitness_gain", "improved_rate", "recorded_val_loss", "findings", "unparsable_targets")
 RATES = ("first_token_accuracy", "first_token_majority_baseline", "token_accuracy", "exact_match", "valid_rate",
          "copy_rate", "unique_rate", "degenerate_rate")
 
@@ -61,8 +61,8 @@ def read_jsonl(path: Path) -> list[Pair]:
 
 
 def val_losses(run_dir: Path) -> dict[int, float]:
-    """val/loss by optimizer step (events are logged at step - 1)."""
-    return {step + 1: value for step, value in read_scalars(run_dir)["val/loss"]}
+    """val/loss by optimizer step (the step in the checkpoint names)."""
+    return dict(read_scalars(run_dir)["val/loss"])
 
 
 # -- which checkpoint -----------------------------------------------------------------------
@@ -112,12 +112,32 @@ def test_no_arguments_report_on_the_best_checkpoint_of_the_newest_run(tiny_run, 
     assert report["step"] == report["best_step"] and report["n_examples"] == 8  # the run's val.jsonl
     # The same file, encoding and metric classes as training: val_loss is the logged val/loss.
     assert report["val_loss"] == pytest.approx(val_losses(tiny_run.run_dir)[report["best_step"]], rel=1e-5)
+    assert report["val_loss"] == pytest.approx(report["recorded_val_loss"], rel=1e-5)
+    assert not any("recorded" in text for text in report["findings"])
     assert (out / "validation_curves.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Findings" in (out / "report.md").read_text()
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 8
     captured = capsys.readouterr()
     assert f"went {STEPS - report['best_step']} steps past it" in captured.err
     assert "exact_match" in captured.out
+
+
+def test_report_reads_the_lines_the_run_validated_on_unless_told_otherwise(tmp_path, capsys):
+    train_file, val_file, _ = write_tiny_data(tmp_path)
+    config = tiny_config(tmp_path, train_file, val_file)
+    config["trainer"].update(max_steps=10, check_val_every_n_epoch=5, limit_val_batches=1)
+    config["data"]["val_batch_size"] = 3  # validation reads 1 batch of 3 of the 8 lines
+    run = train_in_process(tmp_path, config)
+    assert evaluate.main(["--checkpoint", str(run), "--max-new-tokens", "8"]) == 0
+    report = json.loads((run / "evaluation" / "report.json").read_text())
+    assert report["n_examples"] == report["line_limit"] == 3
+    assert report["val_loss"] == pytest.approx(report["recorded_val_loss"], rel=1e-5)
+    assert "the first 3 lines" in capsys.readouterr().err
+    assert evaluate.main(["--checkpoint", str(run), "--max-new-tokens", "8", "--limit", "0",
+                          "--out", str(tmp_path / "all")]) == 0
+    everything = json.loads((tmp_path / "all" / "report.json").read_text())
+    assert everything["n_examples"] == 8 and everything["line_limit"] is None
+    assert any("other examples than the ones it validated on" in text for text in everything["findings"])
 
 
 def test_missing_and_corrupt_inputs_give_one_error_line(tiny_run, tmp_path, monkeypatch, capsys):
@@ -159,9 +179,11 @@ def hand_counts(model, tokenizer, pairs: list[Pair], problems: dict[int, Problem
     leaf = re.compile(r"x\d+|-?\d+\.\d+")
     members = [re.split(r" <FITNESS>-?[\d.]+ ?", p.population)[:-1] for p in pairs]
     parsed = [parsed_or_none(pred) for pred in predictions]
+    valid = [expr is not None and uses_only_its_primitives(pred, p.context)
+             for pred, expr, p in zip(predictions, parsed, pairs)]
     gains = [fitness(expr, problems[p.expression_id].X, problems[p.expression_id].y)
              - max(float(f) for f in re.findall(r"<FITNESS>(-?[\d.]+)", p.population))
-             for p, expr in zip(pairs, parsed) if expr is not None]
+             for p, expr, ok in zip(pairs, parsed, valid) if ok]
     n = len(pairs)
     return {
         "predictions": predictions, "n_examples": n, "val_loss": nll / tokens, "nll_per_target": nll / n,
@@ -172,9 +194,27 @@ def hand_counts(model, tokenizer, pairs: list[Pair], problems: dict[int, Problem
         "unique_rate": len(set(predictions)) / n,
         "degenerate_rate": sum(bool(leaf.fullmatch(p)) and not leaf.fullmatch(q.target)
                                for p, q in zip(predictions, pairs)) / n,
-        "valid_rate": sum(expr is not None for expr in parsed) / n,
-        "mean_fitness_gain": sum(gains) / len(gains),
+        "valid_rate": sum(valid) / n,
+        "median_fitness_gain": float(np.median(gains)),
+        "improved_rate": sum(g > 0 for g in gains) / len(gains),
     }
+
+
+def uses_only_its_primitives(text: str, context: str) -> bool:
+    """Every word of ``text`` is one of the variables, operators or constants the context line names."""
+    n_vars = int(re.search(r"(\d+) variables", context).group(1))
+    ops = set(re.search(r"ops: ([^|]*) \|", context).group(1).split(","))
+    constants = {float(c) for c in re.search(r"constants: (.*)$", context).group(1).split(",")}
+    for word in re.findall(r"[^\s()]+", text):
+        if re.fullmatch(r"x\d+", word):
+            ok = int(word[1:]) < n_vars
+        elif re.fullmatch(r"[a-z*/+-]+", word):
+            ok = word in ops
+        else:
+            ok = float(word) in constants
+        if not ok:
+            return False
+    return True
 
 
 def parsed_or_none(text: str):
@@ -197,9 +237,9 @@ def test_report_numbers_equal_hand_counts_on_a_10_example_file(tiny_run, trained
     for key in ("n_examples", "exact_match", "valid_rate", "copy_rate", "unique_rate", "degenerate_rate"):
         assert report[key] == expected[key], key
     for key in ("val_loss", "nll_per_target", "token_accuracy", "first_token_accuracy",
-                "first_token_majority_baseline", "mean_fitness_gain"):  # float32 metric states
+                "first_token_majority_baseline", "median_fitness_gain", "improved_rate"):  # float32 metric states
         assert report[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), key
-    assert report["unparsable_targets"] == 0 and report["fitness_gain_examples"] == 10 * report["valid_rate"]
+    assert report["unparsable_targets"] == 0 and report["fitness_gain_examples"] == round(10 * report["valid_rate"])
     written = [json.loads(line)["prediction"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert written == expected["predictions"]
     assert report["first_token_distribution"]["target"] == {"(": 1.0}
@@ -245,6 +285,13 @@ def test_score_prediction_by_hand():
     assert (new.valid, new.copy, new.degenerate, new.fitness_gain) == (True, False, False, None)
     leaf_target = score_prediction(Pair("x1", pair.context, pair.population), "x0", None)
     assert not leaf_target.degenerate  # a leaf for a leaf target is not degenerate
+    # Parses, but is not built from this problem's primitives: not valid, and no fitness gain.
+    for foreign in ("14122", "(x0 * 2.0)", "(x2 + x0)", "(x0 / x1)", "sin(x0)"):
+        scored = score_prediction(pair, foreign, problem)
+        assert (scored.valid, scored.fitness_gain) == (False, None), foreign
+    assert score_prediction(pair, "((x0 - 1.0) * x1)", problem).valid
+    generic = Pair("x0", prompt="no context line here")  # nothing names the primitives: parsing decides
+    assert score_prediction(generic, "14122", None).valid
 
 
 def test_problem_index_finds_the_sidecar_a_record_names_or_problems_json(tiny_run, tmp_path):

@@ -12,8 +12,8 @@ from sr_lightning.cli import main as train_main
 from sr_lightning.data.tokenizer import SRTokenizer
 from sr_lightning.export import main as export_main
 from sr_lightning.interop import load_hf_gpt_neo
+from tests.helpers import SAMPLE
 from tests.hf_original import original_checkpoint
-from tests.test_format import FIXTURE
 from tests.test_interop import assert_same_logits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def fine_tune_two_steps(original: Path, runs: Path) -> Path:
     """``train.py fit --config configs/overfit.yaml --model.init_from DIR`` for 2 steps; its last.ckpt."""
     train_main(["fit", "--config", str(ROOT / "configs/overfit.yaml"), "--model.init_from", str(original),
-                "--data.train_files", str(FIXTURE), "--data.val_files", str(FIXTURE), "--data.batch_size", "2",
+                "--data.train_files", str(SAMPLE), "--data.val_files", str(SAMPLE), "--data.batch_size", "2",
                 "--trainer.max_steps", "2", "--trainer.num_sanity_val_steps", "0",
                 "--trainer.enable_progress_bar", "false", "--model.learning_rate", "1e-3",
                 "--model.warmup_steps", "1", "--trainer.logger.init_args.save_dir", str(runs)])

@@ -1,6 +1,5 @@
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,8 +20,8 @@ from sr_lightning.sr.expression import (
     predict,
     r2,
 )
+from tests.helpers import SAMPLE_PROBLEMS, fixture_lines
 
-FIXTURES = Path("/work/shared/fixtures")
 X3 = np.array([[0.0, 1.0], [1.0, -2.0], [2.0, 0.5], [3.0, 4.0]])
 
 
@@ -162,9 +161,9 @@ def test_mse_and_r2_helpers():
 
 
 def test_every_fixture_fitness_is_reproduced_exactly():
-    problems = json.loads((FIXTURES / "original_sample_problems.json").read_text())
+    problems = json.loads(SAMPLE_PROBLEMS.read_text())
     checked = 0
-    for line in (FIXTURES / "original_sample.jsonl").read_text().splitlines():
+    for line in fixture_lines():
         record = json.loads(line)
         problem = problems[str(record["expression_id"])]
         X, y = np.array(problem["X"]), np.array(problem["y"])

@@ -1,7 +1,6 @@
 """The one text layout: fixture round trips, context/population text, record validation."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -15,12 +14,8 @@ from sr_lightning.data.format import (
     population_items,
     population_text,
 )
+from tests.helpers import fixture_lines
 
-FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "original_sample.jsonl"
-
-
-def fixture_lines() -> list[str]:
-    return FIXTURE.read_text().splitlines()
 
 
 def test_every_fixture_line_dumps_back_byte_for_byte():

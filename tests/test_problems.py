@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,7 @@ from sr_lightning.sr.problems import (
     random_problem,
     save_problems,
 )
-
-FIXTURE = Path("/work/shared/fixtures/original_sample_problems.json")
+from tests.helpers import SAMPLE_PROBLEMS
 
 
 def test_random_problem_is_deterministic_for_a_seed():
@@ -75,7 +73,7 @@ def test_named_problems():
 
 
 def test_named_problems_reproduce_the_original_data():
-    original = load_problems(FIXTURE)
+    original = load_problems(SAMPLE_PROBLEMS)
     problems = {p.expression_id: p for p in named_problems().values()}
     for expression_id in (900, 901):
         assert problems[expression_id].name == original[expression_id].name
@@ -104,7 +102,7 @@ def test_sidecar_round_trip(tmp_path):
 
 
 def test_original_sidecar_loads_without_expression():
-    original = load_problems(FIXTURE)
+    original = load_problems(SAMPLE_PROBLEMS)
     assert sorted(original) == [900, 901]
     assert original[900].name == "bivariate_sum" and original[900].expression is None
     assert original[900].X.shape == (50, 2) and original[900].y.shape == (50,)

@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +14,8 @@ from sr_lightning.sr.search import (
     run_search,
     seed_population,
 )
+from tests.helpers import fixture_lines
 
-FIXTURES = Path("/work/shared/fixtures")
 RNG = np.random.default_rng(123)
 X = RNG.standard_normal((40, 2))
 Y = X[:, 0] * X[:, 1] + X[:, 1] * X[:, 1]  # (x1 * x1), index 8, leads the initial population
@@ -73,7 +72,7 @@ def test_initial_population_order():
 
 
 def test_initial_population_matches_the_original_fixture():
-    first = json.loads((FIXTURES / "original_sample.jsonl").read_text().splitlines()[0])
+    first = json.loads(fixture_lines()[0])
     original = [e for e, _ in population_items(first["population"])]
     assert [str(e) for e in seed_population(SearchConfig(), 2)] == original[:9]
 

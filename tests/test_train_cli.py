@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sr_lightning.data.format import pair_from_record
@@ -27,23 +28,64 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_quickstart_run_directory_is_complete(tmp_path):
-    train("--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_steps", "20",
-          "--trainer.val_check_interval", "10", "--trainer.limit_val_batches", "2",
-          "--data.default_problems", "12", "--data.default_data_dir", str(tmp_path / "data"), cwd=tmp_path)
+def test_quickstart_run_directory_is_complete_and_the_console_says_where_it_is(tmp_path):
+    result = train("--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_steps", "20",
+                   "--trainer.val_check_interval", "10", "--trainer.limit_val_batches", "2",
+                   "--data.default_problems", "12", "--data.default_data_dir", str(tmp_path / "data"), cwd=tmp_path)
     run = tmp_path / "runs" / "quickstart" / "version_0"
     assert (run / "config.yaml").is_file() and (run / "tokenizer.json").is_file()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(name.startswith("step=") for name in checkpoints)
     logged = scalars(run)
-    for tag in ("train/loss", "val/loss", "val/nll_per_target", "val/first_token_acc", "val/token_acc",
-                "val/first_token_majority", "progress/examples_seen", "progress/tokens_seen",
-                "progress/epoch", "lr-AdamW/matrices"):
+    for tag in ("train/loss", "train/lr", "val/loss", "val/nll_per_target", "val/first_token_acc", "val/token_acc",
+                "val/first_token_majority", "progress/examples_seen", "progress/tokens_seen", "progress/epoch"):
         assert tag in logged, f"{tag} missing from {sorted(logged)}"
     assert logged["progress/examples_seen"][-1] == 20 * 16  # logged at step 20: 20 batches of 16
+    # One step numbering: validation events carry the step of the checkpoints they score.
+    assert steps(run, "val/loss") == [10, 20] and steps(run, "train/loss") == [20]
+    assert {int(name.split("-")[0][5:]) for name in checkpoints if name.startswith("step=")} <= {10, 20}
+    console = result.stdout + result.stderr
+    assert "generating the default data set: 12 BasicSR runs into" in console and "train examples" in console
+    assert "model: GPT-Neo" in console
+    for noise in ("Tip:", "litlogger", "FLOPs", "IterableDataset", "LeafSpec", "logging interval"):
+        assert noise not in console, noise
+    summary = result.stderr[result.stderr.index("training finished at step 20"):]
+    assert "run directory:   runs/quickstart/version_0" in summary
+    assert "best checkpoint: runs/quickstart/version_0/checkpoints/step=" in summary and "(val/loss " in summary
+    assert "tensorboard --logdir runs/quickstart/version_0" in summary
+    assert "python evaluate.py --checkpoint runs/quickstart/version_0" in summary
     best = OneStepLM.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     assert best.tokenizer.to_str() == (run / "tokenizer.json").read_text()
     assert (run / "data_issues.json").is_file()
+
+
+def steps(run_dir: Path, tag: str) -> list[int]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_a_failed_launch_leaves_no_run_directory_and_a_missing_config_is_one_line_first(tmp_path, monkeypatch, capsys):
+    from sr_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+    missing = ["--data.train_files", "nope.jsonl", "--data.val_files", "nope.jsonl", "--trainer.accelerator", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *missing])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: data file not found: nope.jsonl"
+    assert not (tmp_path / "runs").exists()  # Lightning had created runs/quickstart/version_0 with an events file
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)  # an existing folder of runs stays
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), *missing])
+    assert [p.name for p in (tmp_path / "runs").rglob("*")] == ["quickstart"]
+    capsys.readouterr()
+    for form in (["--config", "configs/typo.yaml"], ["--config=configs/typo.yaml"], ["-c", "configs/typo.yaml"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *form])
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err.splitlines() == ["error: config file not found: configs/typo.yaml"]
 
 
 def unique_prompt_lines(n: int) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -123,9 +124,13 @@ class OneStepDataModule(L.LightningDataModule):
         from ..sr.search import SearchConfig
         from .generate import Job, write_dataset
 
-        log.info("generating the default data set into %s (first use only)", out)
-        job = Job(self.hparams.seed, ProblemConfig(), SearchConfig(), self.hparams.default_targets)
-        write_dataset(out, self.hparams.default_problems, job, workers=max(1, os.cpu_count() or 1))
+        log.info("generating the default data set: %d BasicSR runs into %s (first use only; "
+                 "SR_LIGHTNING_CACHE or --data.default_data_dir moves it)", h.default_problems, out)
+        start = time.perf_counter()
+        job = Job(h.seed, ProblemConfig(), SearchConfig(), h.default_targets)
+        splits = write_dataset(out, h.default_problems, job, workers=max(1, os.cpu_count() or 1))["splits"]
+        log.info("wrote %s in %.0f s", ", ".join(f"{c['examples']:,} {name} examples" for name, c in splits.items()),
+                 time.perf_counter() - start)
 
     # -- datasets -------------------------------------------------------------------------
     def _settings(self, shuffle: bool, batch_size: int, max_length: int) -> StreamSettings:

@@ -165,6 +165,39 @@ def validation_files(info: dict[str, Any]) -> list[str]:
     return [rebase(str(s), run_dir) for s in specs]
 
 
+def _run_trainer_config(run_dir: Path | None) -> dict[str, Any]:
+    config = run_dir / "config.yaml" if run_dir else None
+    if config is None or not config.is_file():
+        return {}
+    return dict((yaml.safe_load(config.read_text()) or {}).get("trainer") or {})
+
+
+def validated_lines(info: dict[str, Any], files: list[Path]) -> tuple[int | None, str]:
+    """How many leading lines of the validation ``files`` the run validated on (None: all), and why.
+
+    Validation reads its files in order in batches of ``val_batch_size`` lines, and Lightning's
+    ``limit_val_batches`` (an int: batches; a float: a share of them) stops it early, so the run's
+    ``val/loss`` describes the first ``limit x batch`` lines alone.
+    """
+    from ..data.stream import count_lines
+
+    trainer = _run_trainer_config(Path(info["run_dir"])) if info.get("run_dir") else {}
+    limit = trainer.get("limit_val_batches")
+    data = info.get("data") or {}
+    batch = data.get("val_batch_size") or data.get("batch_size")
+    if limit is None or batch is None or (isinstance(limit, float) and limit >= 1.0):
+        return None, "all of them, as the run validated"
+    if isinstance(limit, float):
+        batches = int(limit * -(-sum(count_lines(f) for f in files) // batch))
+        how = f"limit_val_batches {limit} of its batches of {batch}"
+    else:
+        batches, how = int(limit), f"limit_val_batches {limit} x val batch {batch}"
+    processes = int(trainer.get("devices") or 1) * int(trainer.get("num_nodes") or 1) \
+        if isinstance(trainer.get("devices"), int) else 1
+    note = f"; the run spread them over {processes} processes" if processes > 1 else ""
+    return batches * batch * processes, f"the lines the run validated on ({how}{note})"
+
+
 # -- loading --------------------------------------------------------------------------------
 def load_for_evaluation(path: str | Path, tokenizer_file: str | Path | None = None,
                         device: str | torch.device = "cpu") -> tuple[GPTNeo, SRTokenizer, dict[str, Any]]:
@@ -173,7 +206,8 @@ def load_for_evaluation(path: str | Path, tokenizer_file: str | Path | None = No
     ``path``: a run directory (its best checkpoint), a directory of runs (the newest one's best),
     a ``.ckpt`` file, or an HF GPT-Neo directory (``config.json`` + weights + ``tokenizer.json``
     or ``tokenizer_file``).
-    ``info`` keys: ``checkpoint``, ``kind``, ``step``, ``best_step``, ``last_step``,
+    ``info`` keys: ``checkpoint``, ``kind``, ``step``, ``recorded_val_loss`` (the ``val/loss`` ModelCheckpoint
+    recorded when it saved this file), ``best_step``, ``last_step``,
     ``steps_past_best``, ``best_checkpoint``, ``best_how``, ``run_dir``, ``data`` (datamodule args).
     """
     path = Path(path)
@@ -198,7 +232,8 @@ def _load_hf(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, SRT
         model, tokenizer = load_hf_directory(path, tokenizer_file)
     except (OSError, ValueError, KeyError) as error:
         raise EvaluationInputError(f"{path}: cannot load the HF GPT-Neo directory ({_reason(error)})") from error
-    info = {"checkpoint": str(path), "kind": "hf", "step": None, "best_step": None, "last_step": None,
+    info = {"checkpoint": str(path), "kind": "hf", "step": None, "recorded_val_loss": None, "best_step": None,
+            "last_step": None,
             "steps_past_best": None, "best_checkpoint": None, "best_how": None, "run_dir": None, "data": {}}
     return model, tokenizer, info
 
@@ -218,7 +253,10 @@ def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTN
     except Exception as error:  # a checkpoint of another model, or damaged tensors
         raise EvaluationInputError(f"{path}: not a readable sr_lightning checkpoint ({_reason(error)})") from error
     tokenizer = _tokenizer(tokenizer_file) if tokenizer_file else lm.tokenizer
+    state = _monitor_state(checkpoint) or {}
+    recorded = state.get("current_score")
     info = {"checkpoint": str(path), "kind": "lightning", "step": int(checkpoint["global_step"]),
+            "recorded_val_loss": None if recorded is None else float(recorded),
             "best_step": best and best["best_step"], "last_step": best and best["last_step"],
             "steps_past_best": best and best["last_step"] - best["best_step"],
             "best_checkpoint": best and str(best["best"]), "best_how": best and best["how"],

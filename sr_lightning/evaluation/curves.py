@@ -28,11 +28,10 @@ def read_scalars(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 def last_logged_step(run_dir: str | Path) -> int | None:
     """Optimizer steps the run took, as far as its events tell (None without events).
 
-    Lightning logs a step's metrics before its step counter advances, so the last event at
-    step ``s`` means ``s + 1`` optimizer steps were taken.
+    Every scalar is logged at the number of optimizer updates it belongs to (`OneStepLM` sets it).
     """
     steps = [points[-1][0] for points in read_scalars(run_dir).values() if points]
-    return max(steps) + 1 if steps else None
+    return max(steps) if steps else None
 
 
 def plot_validation_curves(run_dir: str | Path, out: str | Path, best_step: int | None = None) -> Path | None:
@@ -57,9 +56,9 @@ def plot_validation_curves(run_dir: str | Path, out: str | Path, best_step: int 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if best_step is not None:  # validation logs at step - 1 of the checkpoint it scores: take the nearest point
-        step, value = min(series["val/loss"], key=lambda point: abs(point[0] - best_step))
-        loss_ax.plot([step], [value], marker="*", markersize=14, color="tab:red", linestyle="none")
+    best = dict(series["val/loss"]).get(best_step)
+    if best is not None:
+        loss_ax.plot([best_step], [best], marker="*", markersize=14, color="tab:red", linestyle="none")
     acc_ax.set_xlabel("optimizer step")
     loss_ax.set_title(f"validation curves: {Path(run_dir).name}")
     fig.tight_layout()

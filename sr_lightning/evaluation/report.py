@@ -42,6 +42,7 @@ from ..metrics import (
 )
 from ..model import GPTNeo
 from ..sr.expression import ExpressionError, Expr, fitness, parse
+from ..sr.primitives import Primitives
 from ..sr.problems import Problem, load_problems
 from .checkpoints import EvaluationInputError
 from .curves import plot_validation_curves
@@ -50,6 +51,18 @@ DEGENERATE_LIMIT = 0.2  # a higher share of lone-leaf predictions (for compound 
 VALID_LIMIT = 0.9  # a lower share of parsable predictions is a finding
 UNIQUE_LIMIT = 0.2  # fewer distinct predictions than this share of predictions: the model has collapsed
 SAMPLES_SHOWN = 10
+RECORDED_TOLERANCE = 1e-3  # relative: val_loss further from the run's own val/loss than this is a finding
+READING_GUIDE = """\
+- `val_loss`: mean NLL per target token, as training's `val/loss`; `recorded_val_loss` is the value the run
+  logged for this checkpoint. By default the report reads the same lines as the run's validation, so the two agree.
+- `valid_rate`: predictions that parse as one expression AND use only the problem's own variables, operators
+  and constants (as its context line names them); `14122` where the only constant is `1.0` is not valid.
+- `median_fitness_gain`: the prediction's fitness (-MSE - 0.01 x size, on the problem's points) minus the best
+  fitness in the population it read, over valid predictions; a median, because one exploding prediction
+  would dominate a mean. `improved_rate`: the share of those predictions that beat the population's best.
+- `copy_rate`: predictions that repeat a member of the population verbatim; `degenerate_rate`: a lone variable
+  or constant where the target is compound; `unique_rate`: distinct predictions / predictions.
+"""
 
 
 @dataclass
@@ -61,13 +74,13 @@ class EvalSettings:
     max_length: int | None = None  # context length; None: the model's n_positions
     include_target_token: bool = False  # label the prediction of <TARGET> too (set as the run trained)
     chunk_size: int = 512  # examples in memory at a time
-    limit: int | None = None  # evaluate only the first N examples
+    limit: int | None = None  # evaluate only the first N lines (as validation's limit_val_batches does)
 
 
 # -- reading --------------------------------------------------------------------------------
-def read_pairs(files: Sequence[Path], lines: LineReport) -> Iterator[Pair]:
-    """Every good line of ``files`` as a `Pair`; bad lines are counted in ``lines``."""
-    for source, raw in iter_raw_lines(files, lines):
+def read_pairs(files: Sequence[Path], lines: LineReport, limit: int | None = None) -> Iterator[Pair]:
+    """Every good line among the first ``limit`` lines of ``files`` as a `Pair`; bad lines are counted in ``lines``."""
+    for source, raw in islice(iter_raw_lines(files, lines), limit):
         if is_blank(raw):
             continue
         try:
@@ -154,22 +167,24 @@ class Scored:
     """What one greedy prediction is, judged against its example."""
 
     exact: bool  # prediction == target, character for character
-    valid: bool  # the prediction parses as one expression
+    valid: bool  # parses as one expression over the problem's own variables, operators and constants
     copy: bool  # the prediction is verbatim one of the prompt's population members
     degenerate: bool  # a lone variable or constant while the target is not
     target_parses: bool
-    fitness_gain: float | None  # fitness(prediction) - best printed fitness; None without X/y or a parse
+    fitness_gain: float | None  # fitness(prediction) - best printed fitness; None without X/y or when not valid
 
 
 def score_prediction(pair: Pair, prediction: str, problem: Problem | None) -> Scored:
     predicted, target = _parsed(prediction), _parsed(pair.target)
+    primitives = Primitives.from_context(pair.context)
+    admitted = predicted is not None and (primitives is None or primitives.admits(predicted))
     items = population_items(population_of(pair))
     gain = None
-    if predicted is not None and problem is not None and items:
+    if admitted and problem is not None and items:
         gain = fitness(predicted, problem.X, problem.y) - max(float(f) for _, f in items)
     is_leaf = predicted is not None and predicted.size == 1
     target_leaf = target is not None and target.size == 1
-    return Scored(exact=prediction == pair.target, valid=predicted is not None,
+    return Scored(exact=prediction == pair.target, valid=admitted,
                   copy=prediction in {e for e, _ in items}, degenerate=is_leaf and not target_leaf,
                   target_parses=target is not None, fitness_gain=gain)
 
@@ -264,8 +279,8 @@ class Evaluation:
                    degenerate_rate=self.counts["degenerate"] / n)
         out["first_token_distribution"] = {"predicted": self._shares(self.first_predicted),
                                            "target": self._shares(self.first_target)}
-        out["mean_fitness_gain"] = statistics.fmean(self.gains) if self.gains else None
         out["median_fitness_gain"] = statistics.median(self.gains) if self.gains else None
+        out["improved_rate"] = sum(g > 0 for g in self.gains) / len(self.gains) if self.gains else None
         out["fitness_gain_examples"] = len(self.gains)
         out["unparsable_targets"] = self.counts["unparsable_targets"]
         out["truncated_examples"] = self.counts["truncated"]
@@ -288,11 +303,11 @@ def chunks(items: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
 def evaluate_files(model: GPTNeo, tokenizer: SRTokenizer, files: Sequence[Path], settings: EvalSettings,
                    problems: ProblemIndex | None = None,
                    predictions: TextIO | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    """The report's numbers for ``files`` (the first ``settings.limit`` examples) and a few samples."""
+    """The report's numbers for ``files`` (the first ``settings.limit`` lines) and a few samples."""
     evaluation = Evaluation(model, tokenizer, settings, problems, predictions)
     total = sum(count_lines(f) for f in files)
     total = min(total, settings.limit) if settings.limit else total
-    pairs = islice(read_pairs(files, evaluation.lines), settings.limit)
+    pairs = read_pairs(files, evaluation.lines, settings.limit)
     with tqdm(total=total, unit="example", desc="evaluating", disable=None) as progress:
         for chunk in chunks(pairs, settings.chunk_size):
             evaluation.add(chunk)
@@ -321,11 +336,16 @@ def findings(report: dict[str, Any]) -> list[str]:
         out.append(f"{report['degenerate_rate']:.1%} of predictions are a lone variable or constant where the "
                    f"target is a compound expression (degenerate; limit {DEGENERATE_LIMIT:.0%})")
     if report["valid_rate"] < VALID_LIMIT:
-        out.append(f"only {report['valid_rate']:.1%} of predictions parse as an expression")
+        out.append(f"only {report['valid_rate']:.1%} of predictions are valid expressions of their problem "
+                   f"(parse, and use only its variables, operators and constants)")
     if report["unique_rate"] < UNIQUE_LIMIT:
         out.append(f"predictions have collapsed: {report['unique_rate']:.1%} of them are distinct")
     if report.get("unparsable_targets"):
         out.append(f"{report['unparsable_targets']} targets in the data do not parse as an expression")
+    recorded = report.get("recorded_val_loss")
+    if recorded is not None and abs(report["val_loss"] - recorded) > RECORDED_TOLERANCE * abs(recorded):
+        out.append(f"val_loss {report['val_loss']:.4f} is not the val/loss {recorded:.4f} the run recorded for this "
+                   f"checkpoint: these are other examples than the ones it validated on")
     skipped = sum(report.get("skipped_lines", {}).values())
     if skipped:
         out.append(f"{skipped} data lines were skipped: {report['skipped_lines']}")
@@ -358,9 +378,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [("checkpoint", str(report["checkpoint"])),
             ("step / best step", f"{_number(report['step'])} / {_number(report['best_step'])}"
                                  + (f" (the run went {past} steps past its best)" if past else ""))]
-    keys = ("n_examples", "val_loss", "nll_per_target", "first_token_accuracy", "first_token_majority_baseline",
+    keys = ("n_examples", "val_loss", "recorded_val_loss", "nll_per_target", "first_token_accuracy", "first_token_majority_baseline",
             "token_accuracy", "exact_match", "valid_rate", "copy_rate", "unique_rate", "degenerate_rate",
-            "mean_fitness_gain", "unparsable_targets", "truncated_examples")
+            "median_fitness_gain", "improved_rate", "unparsable_targets", "truncated_examples")
     return rows + [(key, _number(report[key])) for key in keys]
 
 
@@ -381,6 +401,7 @@ def render_markdown(report: dict[str, Any], samples: Sequence[dict[str, str]]) -
     lines += [f"| {name} | {value} |" for name, value in summary_rows(report)]
     lines += ["", "## Findings", ""]
     lines += [f"- {text}" for text in report["findings"]] or ["No findings."]
+    lines += ["", "## How to read the numbers", "", READING_GUIDE.rstrip()]
     distribution = report["first_token_distribution"]
     lines += ["", "## First target token", "", "| token | predicted | target |", "|---|---|---|"]
     tokens = sorted(set(distribution["predicted"]) | set(distribution["target"]),
@@ -406,9 +427,10 @@ def build_report(model: GPTNeo, tokenizer: SRTokenizer, info: dict[str, Any], fi
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as predictions:
         numbers, samples = evaluate_files(model, tokenizer, files, settings, problems, predictions)
-    report: dict[str, Any] = {key: info.get(key) for key in
-                              ("checkpoint", "step", "best_step", "last_step", "steps_past_best", "best_checkpoint")}
+    report: dict[str, Any] = {key: info.get(key) for key in ("checkpoint", "step", "recorded_val_loss", "best_step",
+                                                          "last_step", "steps_past_best", "best_checkpoint")}
     report["data"] = [str(f) for f in files]
+    report["line_limit"] = settings.limit
     report.update(numbers)
     plot = None
     if info.get("run_dir"):
