@@ -282,6 +282,5 @@ class OneStepLM(L.LightningModule):
     def describe(self) -> str:
         """One line with the model's real figures (Lightning's summary table counts 0 FLOPs for it)."""
         c = self.model.config
-        n = sum(p.numel() for p in self.model.parameters())
-        return (f"GPT-Neo, {n / 1e6:.2f} M parameters ({c.n_layers} layers, hidden {c.hidden_size}, "
+        return (f"GPT-Neo, {self.model.num_parameters() / 1e6:.2f} M parameters ({c.n_layers} layers, hidden {c.hidden_size}, "
                 f"{c.n_heads} heads, {c.n_positions:,} positions, vocabulary {c.vocab_size:,})")
