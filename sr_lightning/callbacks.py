@@ -14,13 +14,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .generation import generate
+from .decoding import generate
+from .markdown import code_cell
 from .metrics import majority_share
-
-
-def _cell(text: str) -> str:
-    """A Markdown table cell holding code: backticks keep ``*`` from turning into emphasis."""
-    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
 
 
 def _tensorboard(trainer: L.Trainer):
@@ -79,7 +75,7 @@ class SampleTable(L.Callback):
         for i, (prompt, target, text) in enumerate(zip(self.prompts, self.targets, texts)):
             tail = tokenizer.decode(prompt[:-1])[-self.prompt_tail_chars :]
             truth = tokenizer.decode(target)
-            lines.append(f"| {i} | {_cell('…' + tail)} | {_cell(truth)} | {_cell(text)} | "
+            lines.append(f"| {i} | {code_cell('…' + tail)} | {code_cell(truth)} | {code_cell(text)} | "
                          f"{'yes' if text == truth else 'no'} |")
         return "\n".join(lines)
 
@@ -97,8 +93,8 @@ class FirstTokenDistribution(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        predicted = pl_module.first_token_predicted.compute()  # a collective: every rank computes
-        true = pl_module.first_token_true.compute()
+        predicted = pl_module.first_tokens.predicted.compute()  # a collective: every rank computes
+        true = pl_module.first_tokens.true.compute()
         writer = _tensorboard(trainer)
         if writer is not None and trainer.is_global_zero and true.sum() > 0:
             writer.add_text("first_token_distribution", self.markdown(pl_module.tokenizer, predicted, true),
@@ -112,7 +108,7 @@ class FirstTokenDistribution(L.Callback):
         for token in order.tolist():
             if predicted[token] + true[token] == 0:
                 break
-            lines.append(f"| {_cell(tokenizer.first_token_label(token))} | {int(predicted[token]) / total_p:.3f} | "
+            lines.append(f"| {code_cell(tokenizer.first_token_label(token))} | {int(predicted[token]) / total_p:.3f} | "
                          f"{int(true[token]) / total_t:.3f} |")
         return "\n".join(lines)
 

@@ -12,9 +12,15 @@ next to ``FirstTokenMajorityBaseline`` makes such an inversion visible during tr
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torch.nn import Module
+from torchmetrics import Metric, MetricCollection
+
+if TYPE_CHECKING:
+    from .teacher_forcing import TeacherForced
 
 
 class _SumRatio(Metric):
@@ -150,3 +156,42 @@ class FirstTokenMajorityBaseline(_TokenCounter):
 
     def compute(self) -> Tensor:
         return majority_share(self.counts)
+
+
+class OneStepMetrics(MetricCollection):
+    """The five validation numbers, under the names training logs them (``val/loss`` ...).
+
+    One collection, updated from one `TeacherForced` pass, serves training's validation and test
+    (with their prefixes) and the evaluation report.
+    """
+
+    def __init__(self, vocab_size: int, prefix: str | None = None) -> None:
+        super().__init__({
+            "loss": TargetTokenNLL(), "nll_per_target": TargetNLL(),
+            "first_token_acc": FirstTokenAccuracy(), "token_acc": TokenAccuracy(),
+            "first_token_majority": FirstTokenMajorityBaseline(vocab_size),
+        }, prefix=prefix, compute_groups=False)
+
+    def update(self, out: TeacherForced) -> None:  # each metric takes its own part of the pass
+        metric = dict(self.items(keep_base=True, copy_state=False))
+        metric["loss"].update(out.nll_sum, out.targets.numel())
+        metric["nll_per_target"].update(out.nll_sum, out.n_examples)
+        metric["token_acc"].update(out.logits, out.targets)
+        metric["first_token_acc"].update(out.first_logits, out.first_targets)
+        metric["first_token_majority"].update(out.first_targets)
+
+
+class FirstTokenCounts(Module):
+    """Histograms of the predicted and the true first target tokens (the distribution tables)."""
+
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.predicted, self.true = TokenHistogram(vocab_size), TokenHistogram(vocab_size)
+
+    def update(self, out: TeacherForced) -> None:
+        self.predicted.update(out.first_logits.argmax(-1))
+        self.true.update(out.first_targets)
+
+    def reset(self) -> None:
+        self.predicted.reset()
+        self.true.reset()

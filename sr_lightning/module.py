@@ -22,15 +22,9 @@ from torch import Tensor
 
 from .data.batches import IGNORE
 from .data.tokenizer import SRTokenizer
-from .metrics import (
-    FirstTokenAccuracy,
-    FirstTokenMajorityBaseline,
-    TargetNLL,
-    TargetTokenNLL,
-    TokenAccuracy,
-    TokenHistogram,
-)
+from .metrics import FirstTokenCounts, OneStepMetrics
 from .model import GPTNeo, ModelConfig
+from .teacher_forcing import teacher_forced
 
 log = logging.getLogger(__name__)
 PROGRESS_KEYS = ("examples_seen", "tokens_seen", "target_tokens_seen", "truncated_examples")
@@ -112,10 +106,9 @@ class OneStepLM(L.LightningModule):
         if compile:
             self.model.compile()  # in place: checkpoint keys stay those of the plain model
         vocab = self.model.config.vocab_size
-        self.val_loss, self.val_nll_per_target = TargetTokenNLL(), TargetNLL()
-        self.val_first_token_acc, self.val_token_acc = FirstTokenAccuracy(), TokenAccuracy()
-        self.val_first_token_majority = FirstTokenMajorityBaseline(vocab)
-        self.first_token_predicted, self.first_token_true = TokenHistogram(vocab), TokenHistogram(vocab)
+        self.val_metrics = OneStepMetrics(vocab, prefix="val/")
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+        self.first_tokens = FirstTokenCounts(vocab)
         self.progress = dict.fromkeys(PROGRESS_KEYS, 0)
 
     def _build_model(self, preset: str, overrides: dict[str, Any], init_from: str | None) -> GPTNeo:
@@ -143,30 +136,20 @@ class OneStepLM(L.LightningModule):
     def forward(self, input_ids: Tensor, output_mask: Tensor | None = None) -> Tensor:
         return self.model(input_ids, output_mask=output_mask)
 
-    def _step(self, batch: dict, stage: str) -> tuple[Tensor, Tensor, Tensor]:
-        """Hidden states, then the head on labelled positions only: (loss sum, logits, labels).
-
-        Training asks the model for the labelled positions alone (its last block then runs on
-        them only); validation keeps every position for the first-token metrics.
-        """
+    def _train_nll(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """(summed NLL, logits, labelled tokens): the last block and the head run on labelled positions only."""
         labels = batch["labels"]
         mask = labels != IGNORE
         targets = labels[mask]
-        if stage == "train":
-            hidden = selected = self(batch["input_ids"], output_mask=mask)
-        else:
-            hidden = self(batch["input_ids"])
-            selected = hidden[mask]
-        logits = self.model.lm_head(selected)
+        hidden = self(batch["input_ids"], output_mask=mask)
+        logits = self.model.lm_head(hidden)
         nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         if not targets.numel():  # a label-free padding batch: keep every parameter in the graph
             nll_sum = nll_sum.nan_to_num(0.0) + 0.0 * hidden.sum()
-        if stage != "train":
-            self._update_metrics(batch, hidden, logits, targets, nll_sum)
         return nll_sum, logits, targets
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        nll_sum, _, targets = self._step(batch, "train")
+        nll_sum, _, targets = self._train_nll(batch)
         loss = nll_sum / max(1, targets.numel())
         if not self._count_progress(batch, targets, finite=bool(torch.isfinite(loss))):
             return self._nonfinite(batch, loss)
@@ -204,45 +187,27 @@ class OneStepLM(L.LightningModule):
                                  f"the last good state is saved in {path}")
 
     # -- validation -----------------------------------------------------------------------
-    def _update_metrics(self, batch: dict, hidden: Tensor, logits: Tensor, targets: Tensor, nll_sum: Tensor) -> None:
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        positions = batch["target_positions"]
-        first_logits = self.model.lm_head(hidden[rows, positions])
-        first_true = batch["input_ids"][rows, positions + 1]
-        n = batch["n_examples"]
-        self.val_loss.update(nll_sum, targets.numel())
-        self.val_nll_per_target.update(nll_sum, n)
-        self.val_token_acc.update(logits, targets)
-        self.val_first_token_acc.update(first_logits[:n], first_true[:n])
-        self.val_first_token_majority.update(first_true[:n])
-        self.first_token_predicted.update(first_logits[:n].argmax(-1))
-        self.first_token_true.update(first_true[:n])
+    def _step(self, batch: dict, metrics: OneStepMetrics) -> None:
+        """The teacher-forced pass the evaluation report runs too, into ``metrics``.
 
-    def on_validation_epoch_start(self) -> None:
-        self.first_token_predicted.reset()
-        self.first_token_true.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-        self._log_metrics("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
-        self._log_metrics("test")
-
-    def _log_metrics(self, stage: str) -> None:
-        """The stage's metrics, at the number of optimizer updates the model has had (as checkpoint names).
-
+        Logged at the number of optimizer updates the model has had (as checkpoint names):
         Lightning would log them one step earlier (its counter advances after validation).
         """
+        out = teacher_forced(self.model, batch)
+        metrics.update(out)
+        self.first_tokens.update(out)
         self.log("step", float(self.global_step), on_step=False, on_epoch=True, batch_size=1, sync_dist=True)
-        metrics = {
-            "loss": self.val_loss, "nll_per_target": self.val_nll_per_target,
-            "first_token_acc": self.val_first_token_acc, "token_acc": self.val_token_acc,
-            "first_token_majority": self.val_first_token_majority,
-        }
         for name, metric in metrics.items():
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "loss")
+            self.log(name, metric, on_step=False, on_epoch=True, prog_bar=name.endswith("/loss"))
+
+    def on_validation_epoch_start(self) -> None:
+        self.first_tokens.reset()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, self.val_metrics)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, self.test_metrics)
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> dict:

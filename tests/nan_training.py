@@ -5,17 +5,17 @@ import os
 from sr_lightning import module
 from sr_lightning.cli import main
 
-_original_step = module.OneStepLM._step
+_original_train_nll = module.OneStepLM._train_nll
 
 
-def _step_with_nan(self, batch, stage):
-    nll_sum, logits, targets = _original_step(self, batch, stage)
-    if stage == "train" and self.global_step == int(os.environ["SR_LIGHTNING_TEST_NAN_AT_STEP"]):
+def _train_nll_with_nan(self, batch):
+    nll_sum, logits, targets = _original_train_nll(self, batch)
+    if self.global_step == int(os.environ["SR_LIGHTNING_TEST_NAN_AT_STEP"]):
         nll_sum = nll_sum * float("nan")
     return nll_sum, logits, targets
 
 
-module.OneStepLM._step = _step_with_nan
+module.OneStepLM._train_nll = _train_nll_with_nan
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
-from sr_lightning.data.batches import collate
+from sr_lightning.data.batches import collate, encode_pairs, fitted_pairs
 from sr_lightning.data.format import Pair, pair_from_record
 from sr_lightning.data.stream import LineReport
 from sr_lightning.evaluation.checkpoints import (
@@ -26,16 +26,16 @@ from sr_lightning.evaluation.checkpoints import (
 from sr_lightning.evaluation.curves import last_logged_step, plot_validation_curves, read_scalars
 from sr_lightning.evaluation.decode_bench import benchmark
 from sr_lightning.evaluation.report import (
+    REPORT_NAMES,
     EvalSettings,
     Evaluation,
     ProblemIndex,
     build_report,
     findings,
-    fit_pairs,
     prompt_ids,
     score_prediction,
 )
-from sr_lightning.generation import generate
+from sr_lightning.decoding import generate
 from sr_lightning.interop import save_hf_gpt_neo
 from sr_lightning.sr.expression import ExpressionError, fitness, parse
 from sr_lightning.sr.problems import Problem, load_problems
@@ -247,12 +247,30 @@ def test_report_numbers_equal_hand_counts_on_a_10_example_file(tiny_run, trained
     assert json.loads((tmp_path / "report.json").read_text()) == report
 
 
+def test_report_numbers_are_trainer_validate_numbers_on_the_same_file(tiny_run, trained, tmp_path):
+    import lightning as L
+
+    from sr_lightning.data.datamodule import OneStepDataModule
+    from sr_lightning.module import OneStepLM
+
+    model, tokenizer, info = trained
+    lm = OneStepLM.load_from_checkpoint(info["checkpoint"], map_location="cpu")
+    data = OneStepDataModule(val_files=str(tiny_run.train_file), val_batch_size=4, num_workers=0)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    [validated] = trainer.validate(lm, datamodule=data, verbose=False)
+    report = build_report(model, tokenizer, info, [tiny_run.train_file], EvalSettings(batch_size=4),
+                          ProblemIndex(), tmp_path)
+    assert report["n_examples"] == 10
+    for name, key in REPORT_NAMES.items():
+        assert report[key] == pytest.approx(validated[f"val/{name}"], rel=1e-6), key
+
+
 def test_inference_prompts_are_the_training_sequences_up_to_target(tiny_run, trained):
     _, tokenizer, _ = trained
     pairs = read_jsonl(tiny_run.val_file)
-    kept, encoded = fit_pairs(pairs, tokenizer, 512, LineReport())
-    batch = collate(encoded, tokenizer.pad_id)  # what training feeds the model
-    for row, (pair, example) in enumerate(zip(kept, encoded)):
+    kept = fitted_pairs(pairs, tokenizer, 512, LineReport())
+    batch = collate([e for _, e in kept], tokenizer.pad_id)  # what training feeds the model
+    for row, (pair, example) in enumerate(kept):
         prompt = prompt_ids(example, tokenizer)
         assert prompt == batch["input_ids"][row, : batch["target_positions"][row] + 1].tolist()
         assert tokenizer.decode(prompt).encode() == pair.prompt_text.encode()
@@ -260,7 +278,7 @@ def test_inference_prompts_are_the_training_sequences_up_to_target(tiny_run, tra
 
 def test_cached_batched_and_uncached_single_greedy_outputs_are_identical(tiny_run, trained):
     model, tokenizer, _ = trained
-    _, encoded = fit_pairs(read_jsonl(tiny_run.val_file), tokenizer, 512, LineReport())
+    encoded = encode_pairs(read_jsonl(tiny_run.val_file), tokenizer, 512, LineReport())
     prompts = [prompt_ids(e, tokenizer) for e in encoded]
     kwargs = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": 48}
     cached = generate(model, prompts, batch_size=3, **kwargs)
@@ -357,7 +375,7 @@ def test_an_hf_directory_evaluates_like_its_checkpoint(tiny_run, trained, tmp_pa
     save_hf_gpt_neo(model, tmp_path / "hf", tokenizer.to_str(), bos_id=tokenizer.eos_id, eos_id=tokenizer.eos_id)
     hf_model, hf_tokenizer, info = load_for_evaluation(tmp_path / "hf")
     assert info["kind"] == "hf" and info["step"] is None
-    _, encoded = fit_pairs(read_jsonl(tiny_run.val_file)[:3], tokenizer, 512, LineReport())
+    encoded = encode_pairs(read_jsonl(tiny_run.val_file)[:3], tokenizer, 512, LineReport())
     prompts = [prompt_ids(e, tokenizer) for e in encoded]
     kwargs = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": 32}
     assert generate(hf_model, prompts, **kwargs) == generate(model, prompts, **kwargs)
@@ -365,7 +383,7 @@ def test_an_hf_directory_evaluates_like_its_checkpoint(tiny_run, trained, tmp_pa
 
 def test_decode_benchmark_reports_both_speeds_and_agreement(tiny_run, trained):
     model, tokenizer, _ = trained
-    _, encoded = fit_pairs(read_jsonl(tiny_run.val_file)[:4], tokenizer, 512, LineReport())
+    encoded = encode_pairs(read_jsonl(tiny_run.val_file)[:4], tokenizer, 512, LineReport())
     result = benchmark(model, tokenizer, [prompt_ids(e, tokenizer) for e in encoded], batch_size=4,
                        max_new_tokens=16)
     assert result["n"] == 4 and result["identical_outputs"] == 4

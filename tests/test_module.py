@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from sr_lightning.data.batches import Encoded, collate
+from sr_lightning.metrics import OneStepMetrics
 from sr_lightning.module import OneStepLM, warmup_cosine
+from sr_lightning.teacher_forcing import teacher_forced
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +41,7 @@ def hand_loss(logits: torch.Tensor, batch: dict) -> torch.Tensor:
 
 def test_masked_loss_equals_hand_computation(lm, batch):
     with torch.no_grad():
-        nll_sum, _, targets = lm._step(batch, "train")
+        nll_sum, _, targets = lm._train_nll(batch)
         full_logits = lm.model.lm_head(lm.model(batch["input_ids"]))
     assert targets.numel() == 3 + 2
     assert torch.allclose(nll_sum / targets.numel(), hand_loss(full_logits, batch), atol=1e-5)
@@ -47,7 +49,7 @@ def test_masked_loss_equals_hand_computation(lm, batch):
 
 def test_gathered_head_equals_full_head_at_labelled_positions(lm, batch):
     with torch.no_grad():
-        _, gathered, _ = lm._step(batch, "train")
+        _, gathered, _ = lm._train_nll(batch)
         full = lm.model.lm_head(lm.model(batch["input_ids"]))
     assert torch.allclose(gathered, full[batch["labels"] != -100], atol=1e-6)
 
@@ -66,17 +68,17 @@ def test_prompt_positions_do_not_change_the_loss(lm, batch):
 
 def test_label_free_batch_gives_zero_loss_with_a_graph(lm):
     empty = collate([], pad_id=0)
-    nll_sum, _, targets = lm._step(empty, "train")
+    nll_sum, _, targets = lm._train_nll(empty)
     assert targets.numel() == 0 and nll_sum.item() == 0.0 and nll_sum.requires_grad
 
 
 def test_validation_metrics_count_first_tokens_once_per_example(lm, batch):
-    lm.val_first_token_acc.reset(), lm.val_first_token_majority.reset(), lm.val_loss.reset()
+    metrics = OneStepMetrics(lm.model.config.vocab_size)
     with torch.no_grad():
-        lm._step(batch, "val")
-    assert lm.val_first_token_acc.denominator.item() == 2
-    assert lm.val_first_token_majority.counts.sum().item() == 2
-    assert lm.val_loss.denominator.item() == 5
+        metrics.update(teacher_forced(lm.model, batch))
+    assert metrics["first_token_acc"].denominator.item() == 2
+    assert metrics["first_token_majority"].counts.sum().item() == 2
+    assert metrics["loss"].denominator.item() == 5
 
 
 def test_checkpoint_hparams_carry_the_tokenizer(lm):

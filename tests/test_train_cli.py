@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sr_lightning.data.format import pair_from_record
-from sr_lightning.generation import generate
+from sr_lightning.decoding import generate
 from sr_lightning.module import OneStepLM
 
 ROOT = Path(__file__).resolve().parents[1]

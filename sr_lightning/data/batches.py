@@ -58,17 +58,23 @@ def fit_to_length(pair: Pair, encoded: Encoded, tokenizer: SRTokenizer, max_leng
     return Encoded(encoded.input_ids, encoded.target_ids, encoded.source, truncated=True) if fits else None
 
 
-def encode_pairs(pairs: Sequence[Pair], tokenizer: SRTokenizer, max_length: int,
-                 report: LineReport) -> list[Encoded]:
-    """Encode and fit every pair; those that cannot fit are reported and left out."""
-    examples = []
+def fitted_pairs(pairs: Sequence[Pair], tokenizer: SRTokenizer, max_length: int,
+                 report: LineReport) -> list[tuple[Pair, Encoded]]:
+    """Encode and fit every pair, kept beside its encoding; those that cannot fit are reported and left out."""
+    kept = []
     for pair, (input_ids, target_ids) in zip(pairs, tokenizer.encode_pairs(pairs)):
         fitted = fit_to_length(pair, Encoded(input_ids, target_ids, pair.source), tokenizer, max_length)
         if fitted is None:
             report.skip(pair.source, f"too long (more than {max_length} tokens without its population)")
         else:
-            examples.append(fitted)
-    return examples
+            kept.append((pair, fitted))
+    return kept
+
+
+def encode_pairs(pairs: Sequence[Pair], tokenizer: SRTokenizer, max_length: int,
+                 report: LineReport) -> list[Encoded]:
+    """The encodings of `fitted_pairs` alone (what a batch needs)."""
+    return [example for _, example in fitted_pairs(pairs, tokenizer, max_length, report)]
 
 
 def collate(examples: Sequence[Encoded], pad_id: int, *, include_target_token: bool = False,

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 
-from .dataset import EpochLoader, OneStepBatches, StreamSettings
+from .dataset import BatchStream, EpochLoader, OneStepBatches, StreamSettings
 from .online import HELDOUT_FILE, OnlineBatches, OnlineSettings, write_heldout_set
 from .stream import FileSpec, cache_dir, resolve_files
 from .tokenizer import SRTokenizer
@@ -80,7 +80,7 @@ class OneStepDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.online = OnlineSettings.of(online)
         self.tokenizer: SRTokenizer | None = None
-        self.datasets: dict[str, OneStepBatches] = {}
+        self.datasets: dict[str, BatchStream] = {}
         self.position = (0, 0)  # (epoch, training batches consumed in it)
         self._restored: tuple[int, int] | None = None  # a checkpoint's position, until used
         self.skipped: Counter = Counter()  # training lines skipped, by reason

@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .batches import collate, encode_pairs
-from .format import BadRecord
-from .stream import LineReport, count_lines, is_blank, iter_raw_lines, parse_line, shuffled
+from .format import Pair
+from .stream import LineReport, count_lines, iter_raw_lines, parse_lines, shuffled
 from .tokenizer import SRTokenizer
 
 
@@ -51,17 +51,55 @@ class StreamSettings:
     seed: int = 42
 
 
-class OneStepBatches(IterableDataset):
-    """Padded batches of one-step examples from JSONL files (see the module docstring)."""
+class BatchStream(IterableDataset):
+    """What the file and online streams share: the epoch and start batch, the share-out of
+    batch ``j`` to worker ``(j - start) % num_workers``, encoding and collation, and the
+    position and skip counts every batch carries for the DataModule.
 
-    def __init__(self, files: Sequence[Path], tokenizer: SRTokenizer, settings: StreamSettings,
-                 rank: int = 0, world_size: int = 1):
-        self.files = list(files)
+    A subclass says how batch ``index`` is made (`_worker_batches`) and how many there are.
+    """
+
+    def __init__(self, tokenizer: SRTokenizer, settings: StreamSettings, rank: int = 0, world_size: int = 1):
         self.tokenizer = tokenizer
         self.settings = settings
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.start = 0
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def begin_epoch(self, epoch: int, start: int = 0) -> None:
+        """Called in the main process before workers start: which epoch, from which batch."""
+        self.epoch, self.start = epoch, start
+
+    def _worker_batches(self, worker: int, workers: int, report: LineReport) -> Iterator[tuple[int, dict]]:
+        """``(index, batch)`` for the batches of this epoch, from ``start``, that ``worker`` builds."""
+        raise NotImplementedError
+
+    def _collate(self, pairs: Sequence[Pair], report: LineReport) -> dict:
+        examples = encode_pairs(pairs, self.tokenizer, self.settings.max_length, report)
+        return collate(examples, self.tokenizer.pad_id, include_target_token=self.settings.include_target_token,
+                       pad_to_multiple=self.settings.pad_to_multiple)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        report = LineReport(strict=self.settings.strict)
+        reported: Counter = Counter()
+        for index, batch in self._worker_batches(worker, workers, report):
+            batch.update(batch_index=index, epoch=self.epoch, rank=self.rank, skipped=dict(report.counts - reported))
+            reported = Counter(report.counts)
+            yield batch
+
+
+class OneStepBatches(BatchStream):
+    """Padded batches of one-step examples from JSONL files (see the module docstring)."""
+
+    def __init__(self, files: Sequence[Path], tokenizer: SRTokenizer, settings: StreamSettings,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__(tokenizer, settings, rank, world_size)
+        self.files = list(files)
         self.total_lines = sum(count_lines(f) for f in self.files)
 
     def lines_of_rank(self, rank: int) -> int:
@@ -73,10 +111,6 @@ class OneStepBatches(IterableDataset):
     def __len__(self) -> int:
         """Batches per rank: the same on every rank (the longest rank's count)."""
         return self.real_batches(0)
-
-    def begin_epoch(self, epoch: int, start: int = 0) -> None:
-        """Called in the main process before workers start: which epoch, from which batch."""
-        self.epoch, self.start = epoch, start
 
     def _line_groups(self, file_report: LineReport) -> Iterator[list[tuple[str, bytes]]]:
         """The rank's lines cut into the epoch's fixed sequence of batches."""
@@ -95,38 +129,17 @@ class OneStepBatches(IterableDataset):
             yield from groups
 
     def _make_batch(self, lines: list[tuple[str, bytes]], report: LineReport) -> dict:
-        pairs = []
-        for source, raw in lines:
-            if is_blank(raw):
-                report.counts["blank"] += 1
-                continue
-            try:
-                pairs.append(parse_line(raw, source))
-            except BadRecord as error:
-                report.skip(source, str(error))
-        examples = encode_pairs(pairs, self.tokenizer, self.settings.max_length, report)
-        return collate(examples, self.tokenizer.pad_id,
-                       include_target_token=self.settings.include_target_token,
-                       pad_to_multiple=self.settings.pad_to_multiple)
+        return self._collate(list(parse_lines(lines, report)), report)
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        report = LineReport(strict=self.settings.strict)
+    def _worker_batches(self, worker: int, workers: int, report: LineReport) -> Iterator[tuple[int, dict]]:
         # Every reader sees an unreadable file; only the first one reports it.
         first_reader = worker == 0 and self.rank == 0
         file_report = report if first_reader else LineReport(strict=self.settings.strict)
-        reported: Counter = Counter()
         groups = enumerate(self._line_groups(file_report))
-        for index in range(len(self)):
+        for index in range(len(self)):  # a stream: every reader walks all groups, builds its own
             lines = next(groups, (index, []))[1]
-            if index < self.start or (index - self.start) % workers != worker:
-                continue
-            batch = self._make_batch(lines, report)
-            batch.update(batch_index=index, epoch=self.epoch, rank=self.rank,
-                         skipped=dict(report.counts - reported))
-            reported = Counter(report.counts)
-            yield batch
+            if index >= self.start and (index - self.start) % workers == worker:
+                yield index, self._make_batch(lines, report)
 
 
 class EpochLoader(DataLoader):
@@ -135,7 +148,7 @@ class EpochLoader(DataLoader):
     Lightning only forwards ``set_epoch`` to samplers, which iterable datasets do not have.
     """
 
-    def __init__(self, dataset: OneStepBatches, position, **kwargs):
+    def __init__(self, dataset: BatchStream, position, **kwargs):
         # Its own generator: starting workers must not draw from the global RNG (dropout's), or
         # a resumed run, which starts its loader at another moment, would draw other masks.
         generator = torch.Generator().manual_seed(dataset.settings.seed)

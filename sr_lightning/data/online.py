@@ -1,7 +1,7 @@
 """Online training data: fresh random problems and BasicSR traces generated inside the workers.
 
-Same interface and batch dicts as `OneStepBatches`, so the LightningModule and the DataModule's
-position tracking work unchanged; the stream's whole state is (epoch, start batch).
+A `BatchStream`, like `OneStepBatches`: the same batch dicts, so the LightningModule and the
+DataModule's position tracking work unchanged; the stream's whole state is (epoch, start batch).
 
 Problem identity. Problem ``index`` is ``random_problem(generated_id(index), problem_seed(base,
 index, attempt))``; training uses even indices only and the held-out set odd ones, so the two
@@ -32,7 +32,7 @@ import hashlib
 import json
 import sys
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from itertools import islice
@@ -40,14 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from ..sr.expression import parse, predict
 from ..sr.problems import Problem, ProblemConfig, ProblemsWriter, generated_id, named_problems, random_problem
 from ..sr.search import SearchConfig
-from .batches import collate, encode_pairs
-from .dataset import StreamSettings
-from .format import Pair, dump_record, pair_from_record
+from .dataset import BatchStream, StreamSettings
+from .format import dump_record, pair_from_record
 from .generate import SIDECAR, TARGETS, generate_examples
 from .stream import LineReport
 from .tokenizer import SRTokenizer
@@ -198,17 +197,13 @@ def record_source(record: dict) -> str:
 # ------------------------------------------------------------------------------ training stream
 
 
-class OnlineBatches(IterableDataset):
+class OnlineBatches(BatchStream):
     """Padded batches of one-step examples from problems generated on the fly (module docstring)."""
 
     def __init__(self, tokenizer: SRTokenizer, settings: StreamSettings, online: OnlineSettings,
                  rank: int = 0, world_size: int = 1):
-        self.tokenizer = tokenizer
-        self.settings = settings
+        super().__init__(tokenizer, settings, rank, world_size)
         self.online = online
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self.start = 0
         self.named = list(named_problems().values()) if online.exclude_named else []
 
     @property
@@ -219,10 +214,6 @@ class OnlineBatches(IterableDataset):
         """Batches per rank and epoch (the same on every rank)."""
         o = self.online
         return max(1, -(-o.problems_per_epoch * o.batches_per_problem // (self.world_size * self.problems_per_batch)))
-
-    def begin_epoch(self, epoch: int, start: int = 0) -> None:
-        """Called in the main process before workers start: which epoch, from which batch."""
-        self.epoch, self.start = epoch, start
 
     def family_of(self, epoch: int, index: int) -> tuple[int, int]:
         """``(M, q)``: the global family number of batch ``index`` of ``epoch`` and its member number."""
@@ -258,23 +249,12 @@ class OnlineBatches(IterableDataset):
         return cache[family][member]
 
     def _make_batch(self, records: list[dict], report: LineReport) -> dict:
-        pairs: list[Pair] = [pair_from_record(r, record_source(r)) for r in records]
-        examples = encode_pairs(pairs, self.tokenizer, self.settings.max_length, report)
-        return collate(examples, self.tokenizer.pad_id, include_target_token=self.settings.include_target_token,
-                       pad_to_multiple=self.settings.pad_to_multiple)
+        return self._collate([pair_from_record(r, record_source(r)) for r in records], report)
 
-    def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        report = LineReport(strict=self.settings.strict)
-        reported: Counter = Counter()
+    def _worker_batches(self, worker: int, workers: int, report: LineReport) -> Iterator[tuple[int, dict]]:
         cache: OrderedDict = OrderedDict()
         for index in range(self.start + worker, len(self), workers):
-            batch = self._make_batch(self.batch_records(self.epoch, index, cache), report)
-            batch.update(batch_index=index, epoch=self.epoch, rank=self.rank,
-                         skipped=dict(report.counts - reported))
-            reported = Counter(report.counts)
-            yield batch
+            yield index, self._make_batch(self.batch_records(self.epoch, index, cache), report)
 
 
 # ------------------------------------------------------------------------------ held-out set

@@ -118,6 +118,18 @@ def is_blank(raw: bytes) -> bool:
     return not raw.strip()
 
 
+def parse_lines(lines: Iterable[tuple[str, bytes]], report: LineReport) -> Iterator[Pair]:
+    """The `Pair` of every good line; blank lines and bad ones (by reason) are counted in ``report``."""
+    for source, raw in lines:
+        if is_blank(raw):
+            report.counts["blank"] += 1
+            continue
+        try:
+            yield parse_line(raw, source)
+        except BadRecord as error:
+            report.skip(source, str(error))
+
+
 def _count_newlines(path: Path) -> int:
     """Lines readable in ``path``; a truncated gzip stream counts up to where it breaks."""
     count, last = 0, b"\n"

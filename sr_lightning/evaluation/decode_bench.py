@@ -18,18 +18,19 @@ from typing import Any
 
 import torch
 
+from ..data.batches import encode_pairs
 from ..data.stream import LineReport, resolve_files
 from ..data.tokenizer import SRTokenizer
-from ..generation import generate
+from ..decoding import generate
 from ..model import GPTNeo
 from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, validation_files
-from .report import fit_pairs, prompt_ids, read_pairs
+from .report import prompt_ids, read_pairs
 
 
 def bench_prompts(files: Sequence[Path], tokenizer: SRTokenizer, n: int, max_length: int) -> list[list[int]]:
     """The inference prompts of the first ``n`` usable examples of ``files``."""
     lines = LineReport()
-    _, encoded = fit_pairs(list(islice(read_pairs(files, lines), n)), tokenizer, max_length, lines)
+    encoded = encode_pairs(list(islice(read_pairs(files, lines), n)), tokenizer, max_length, lines)
     if not encoded:
         raise EvaluationInputError(f"no usable example in {', '.join(map(str, files))}")
     return [prompt_ids(e, tokenizer) for e in encoded]

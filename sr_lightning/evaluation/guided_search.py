@@ -18,7 +18,6 @@ training problem's; small expressions can still recur by chance.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,7 +31,8 @@ from tqdm import tqdm
 from ..data.batches import Encoded, fit_to_length
 from ..data.format import Pair, context_text, population_text
 from ..data.tokenizer import SRTokenizer
-from ..generation import generate
+from ..decoding import generate
+from ..markdown import code_cell, table
 from ..model import GPTNeo
 from ..sr.expression import ExpressionError, mse, parse, parse_first, predict, r2
 from ..sr.problems import Problem, ProblemConfig, named_problems, random_problem
@@ -239,25 +239,13 @@ def solved_pairs(results: Sequence[RunResult]) -> dict[str, int]:
             "neural_only": outcome.count((False, True)), "neither": outcome.count((False, False))}
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.3g}" if math.isfinite(value) else str(value)
-    return str(value)
-
-
 SUMMARY_COLUMNS = ("runs", "solve_rate", "solved_by_seed", "median_best_mse", "r2_rate", "median_generations_to_solve",
                    "well_formed_rate", "repeat_rate", "wall_seconds")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-
-
 def summary_table(summary: dict[str, dict[str, Any]]) -> list[str]:
-    return _table(("method", *SUMMARY_COLUMNS), [(m, *(s[c] for c in SUMMARY_COLUMNS)) for m, s in summary.items()])
+    return table(("method", *SUMMARY_COLUMNS), [(m, *(s[c] for c in SUMMARY_COLUMNS)) for m, s in summary.items()],
+                 spec=".3g")
 
 
 def problem_table(results: Sequence[RunResult]) -> list[str]:
@@ -269,9 +257,9 @@ def problem_table(results: Sequence[RunResult]) -> list[str]:
         gens = [r.generations_to_solve for r in runs if r.generations_to_solve is not None]
         rows.append((problem, n_vars, method, f"{sum(r.solved for r in runs)}/{len(runs)}",
                      statistics.median(r.best_mse for r in runs), min(gens) if gens else None,
-                     sum(r.seconds for r in runs), f"`{runs[0].best_expression}`"))
-    return _table(("problem", "vars", "method", "solved", "median MSE", "first solve gen", "seconds",
-                   "best expression (seed 0)"), rows)
+                     sum(r.seconds for r in runs), code_cell(runs[0].best_expression)))
+    return table(("problem", "vars", "method", "solved", "median MSE", "first solve gen", "seconds",
+                   "best expression (seed 0)"), rows, spec=".3g")
 
 
 def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunResult],

@@ -13,7 +13,6 @@ Examples are processed in chunks: memory stays flat however long the file is.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,26 +22,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.batches import IGNORE, Encoded, collate, fit_to_length
-from ..data.format import POPULATION, BadRecord, Pair, population_items
+from ..data.batches import Encoded, collate, fitted_pairs
+from ..data.format import POPULATION, Pair, population_items
 from ..data.generate import SIDECAR
-from ..data.stream import LineReport, count_lines, is_blank, iter_raw_lines, parse_line
+from ..data.stream import LineReport, count_lines, iter_raw_lines, parse_lines
 from ..data.tokenizer import SRTokenizer
-from ..generation import generate
-from ..metrics import (
-    FirstTokenAccuracy,
-    FirstTokenMajorityBaseline,
-    TargetNLL,
-    TargetTokenNLL,
-    TokenAccuracy,
-    TokenHistogram,
-)
+from ..decoding import generate
+from ..markdown import code_cell, number
+from ..metrics import FirstTokenCounts, OneStepMetrics, TokenHistogram
 from ..model import GPTNeo
 from ..sr.expression import ExpressionError, Expr, fitness, parse
 from ..sr.primitives import Primitives
+from ..teacher_forcing import teacher_forced
 from ..sr.problems import Problem, load_problems
 from .checkpoints import EvaluationInputError
 from .curves import plot_validation_curves
@@ -51,6 +44,10 @@ DEGENERATE_LIMIT = 0.2  # a higher share of lone-leaf predictions (for compound 
 VALID_LIMIT = 0.9  # a lower share of parsable predictions is a finding
 UNIQUE_LIMIT = 0.2  # fewer distinct predictions than this share of predictions: the model has collapsed
 SAMPLES_SHOWN = 10
+REPORT_NAMES = {  # `OneStepMetrics` name -> the report's key (the report's keys predate the collection)
+    "loss": "val_loss", "nll_per_target": "nll_per_target", "first_token_acc": "first_token_accuracy",
+    "token_acc": "token_accuracy", "first_token_majority": "first_token_majority_baseline",
+}
 RECORDED_TOLERANCE = 1e-3  # relative: val_loss further from the run's own val/loss than this is a finding
 READING_GUIDE = """\
 - `val_loss`: mean NLL per target token, as training's `val/loss`; `recorded_val_loss` is the value the run
@@ -79,14 +76,8 @@ class EvalSettings:
 
 # -- reading --------------------------------------------------------------------------------
 def read_pairs(files: Sequence[Path], lines: LineReport, limit: int | None = None) -> Iterator[Pair]:
-    """Every good line among the first ``limit`` lines of ``files`` as a `Pair`; bad lines are counted in ``lines``."""
-    for source, raw in islice(iter_raw_lines(files, lines), limit):
-        if is_blank(raw):
-            continue
-        try:
-            yield parse_line(raw, source)
-        except BadRecord as error:
-            lines.skip(source, str(error))
+    """Every good line among the first ``limit`` lines of ``files`` as a `Pair`; others are counted in ``lines``."""
+    return parse_lines(islice(iter_raw_lines(files, lines), limit), lines)
 
 
 def population_of(pair: Pair) -> str:
@@ -101,21 +92,6 @@ def _parsed(text: str) -> Expr | None:
         return parse(text)
     except ExpressionError:
         return None
-
-
-def fit_pairs(pairs: Sequence[Pair], tokenizer: SRTokenizer, max_length: int,
-              lines: LineReport) -> tuple[list[Pair], list[Encoded]]:
-    """Encode as training does; a pair that cannot fit even without its population is skipped and counted."""
-    kept: list[Pair] = []
-    encoded: list[Encoded] = []
-    for pair, (input_ids, target_ids) in zip(pairs, tokenizer.encode_pairs(pairs)):
-        fitted = fit_to_length(pair, Encoded(input_ids, target_ids, pair.source), tokenizer, max_length)
-        if fitted is None:
-            lines.skip(pair.source, f"too long (more than {max_length} tokens without its population)")
-            continue
-        kept.append(pair)
-        encoded.append(fitted)
-    return kept, encoded
 
 
 def prompt_ids(example: Encoded, tokenizer: SRTokenizer) -> list[int]:
@@ -200,13 +176,8 @@ class Evaluation:
         self.predictions = predictions
         self.max_length = settings.max_length or model.config.n_positions
         self.lines = LineReport()
-        vocab = model.config.vocab_size
-        self.metrics = {
-            "val_loss": TargetTokenNLL(), "nll_per_target": TargetNLL(),
-            "first_token_accuracy": FirstTokenAccuracy(), "token_accuracy": TokenAccuracy(),
-            "first_token_majority_baseline": FirstTokenMajorityBaseline(vocab),
-        }
-        self.first_predicted, self.first_target = TokenHistogram(vocab), TokenHistogram(vocab)
+        self.metrics = OneStepMetrics(model.config.vocab_size).to(self.device)
+        self.first_tokens = FirstTokenCounts(model.config.vocab_size).to(self.device)
         self.counts: Counter = Counter()
         self.distinct: set[str] = set()
         self.gains: list[float] = []
@@ -218,7 +189,8 @@ class Evaluation:
 
     def add(self, pairs: Sequence[Pair]) -> None:
         """Teacher-forced metrics and greedy predictions for one chunk."""
-        pairs, encoded = fit_pairs(pairs, self.tokenizer, self.max_length, self.lines)
+        kept = fitted_pairs(pairs, self.tokenizer, self.max_length, self.lines)
+        pairs, encoded = [pair for pair, _ in kept], [example for _, example in kept]
         bs = self.settings.batch_size
         for start in range(0, len(encoded), bs):
             self._teacher_forced(encoded[start:start + bs])
@@ -230,26 +202,11 @@ class Evaluation:
 
     @torch.inference_mode()
     def _teacher_forced(self, examples: Sequence[Encoded]) -> None:
-        """The validation step of training (module.OneStepLM._update_metrics), on one batch."""
+        """Training's validation step (`teacher_forced` into `OneStepMetrics`) on one batch."""
         batch = collate(examples, self.tokenizer.pad_id, include_target_token=self.settings.include_target_token)
-        ids, labels = batch["input_ids"].to(self.device), batch["labels"].to(self.device)
-        hidden = self.model(ids)
-        mask = labels != IGNORE
-        logits = self.model.lm_head(hidden[mask]).float()
-        targets = labels[mask]
-        nll_sum = F.cross_entropy(logits, targets, reduction="sum")
-        rows = torch.arange(ids.shape[0], device=self.device)
-        positions = batch["target_positions"].to(self.device)
-        first_logits = self.model.lm_head(hidden[rows, positions]).float()
-        first_true = ids[rows, positions + 1]
-        m = self.metrics
-        m["val_loss"].update(nll_sum.cpu(), targets.numel())
-        m["nll_per_target"].update(nll_sum.cpu(), len(examples))
-        m["token_accuracy"].update(logits.cpu(), targets.cpu())
-        m["first_token_accuracy"].update(first_logits.cpu(), first_true.cpu())
-        m["first_token_majority_baseline"].update(first_true.cpu())
-        self.first_predicted.update(first_logits.argmax(-1).cpu())
-        self.first_target.update(first_true.cpu())
+        out = teacher_forced(self.model, {**batch, "input_ids": batch["input_ids"].to(self.device)})
+        self.metrics.update(out)
+        self.first_tokens.update(out)
 
     def _score(self, pair: Pair, prediction: str, truncated: bool) -> None:
         scored = score_prediction(pair, prediction, self.problems.lookup(pair))
@@ -273,12 +230,12 @@ class Evaluation:
             raise EvaluationInputError(f"no usable example to evaluate ({self.lines.total} lines skipped: "
                                        f"{dict(self.lines.counts)})")
         out: dict[str, Any] = {"n_examples": n}
-        out.update({name: float(metric.compute()) for name, metric in self.metrics.items()})
+        out.update({REPORT_NAMES[name]: float(value) for name, value in self.metrics.compute().items()})
         out.update(exact_match=self.counts["exact"] / n, valid_rate=self.counts["valid"] / n,
                    copy_rate=self.counts["copy"] / n, unique_rate=len(self.distinct) / n,
                    degenerate_rate=self.counts["degenerate"] / n)
-        out["first_token_distribution"] = {"predicted": self._shares(self.first_predicted),
-                                           "target": self._shares(self.first_target)}
+        out["first_token_distribution"] = {"predicted": self._shares(self.first_tokens.predicted),
+                                           "target": self._shares(self.first_tokens.true)}
         out["median_fitness_gain"] = statistics.median(self.gains) if self.gains else None
         out["improved_rate"] = sum(g > 0 for g in self.gains) / len(self.gains) if self.gains else None
         out["fitness_gain_examples"] = len(self.gains)
@@ -364,24 +321,16 @@ def _inversion(distribution: dict[str, dict[str, float]]) -> list[str]:
 
 
 # -- rendering ------------------------------------------------------------------------------
-def _number(value: Any) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
-
-
 def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """(name, value) rows shared by the terminal table and report.md."""
     past = report.get("steps_past_best")
     rows = [("checkpoint", str(report["checkpoint"])),
-            ("step / best step", f"{_number(report['step'])} / {_number(report['best_step'])}"
+            ("step / best step", f"{number(report['step'])} / {number(report['best_step'])}"
                                  + (f" (the run went {past} steps past its best)" if past else ""))]
     keys = ("n_examples", "val_loss", "recorded_val_loss", "nll_per_target", "first_token_accuracy", "first_token_majority_baseline",
             "token_accuracy", "exact_match", "valid_rate", "copy_rate", "unique_rate", "degenerate_rate",
             "median_fitness_gain", "improved_rate", "unparsable_targets", "truncated_examples")
-    return rows + [(key, _number(report[key])) for key in keys]
+    return rows + [(key, number(report[key])) for key in keys]
 
 
 def render_terminal(report: dict[str, Any]) -> str:
@@ -390,10 +339,6 @@ def render_terminal(report: dict[str, Any]) -> str:
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines += [f"WARNING: {text}" for text in report["findings"]] or ["no findings"]
     return "\n".join(lines)
-
-
-def _cell(text: str) -> str:
-    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
 
 
 def render_markdown(report: dict[str, Any], samples: Sequence[dict[str, str]]) -> str:
@@ -406,12 +351,12 @@ def render_markdown(report: dict[str, Any], samples: Sequence[dict[str, str]]) -
     lines += ["", "## First target token", "", "| token | predicted | target |", "|---|---|---|"]
     tokens = sorted(set(distribution["predicted"]) | set(distribution["target"]),
                     key=lambda t: -(distribution["predicted"].get(t, 0) + distribution["target"].get(t, 0)))
-    lines += [f"| {_cell(t)} | {distribution['predicted'].get(t, 0):.3f} | {distribution['target'].get(t, 0):.3f} |"
+    lines += [f"| {code_cell(t)} | {distribution['predicted'].get(t, 0):.3f} | {distribution['target'].get(t, 0):.3f} |"
               for t in tokens[:15]]
     if report.get("plot"):
         lines += ["", "## Validation curves", "", f"![validation curves]({Path(report['plot']).name})"]
     lines += ["", "## Samples (greedy)", "", "| source | target | prediction |", "|---|---|---|"]
-    lines += [f"| {s['source']} | {_cell(s['target'])} | {_cell(s['prediction'])} |" for s in samples]
+    lines += [f"| {s['source']} | {code_cell(s['target'])} | {code_cell(s['prediction'])} |" for s in samples]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sr_lightning.generation import generate
+from sr_lightning.decoding import generate
 from sr_lightning.model import GPTNeo, ModelConfig
 
 VOCAB, PAD, NO_EOS = 61, 0, -1
