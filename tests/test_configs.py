@@ -15,6 +15,7 @@ def run_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_config_parses(config, tmp_path):
     result = run_train("fit", "--config", str(config), "--print_config", cwd=tmp_path)
@@ -22,6 +23,7 @@ def test_config_parses(config, tmp_path):
     assert "model:" in result.stdout and "data:" in result.stdout
 
 
+@pytest.mark.slow
 def test_online_recipe_trains_a_few_steps(tmp_path):
     result = run_train(
         "fit", "--config", str(ROOT / "configs/onestep-tiny-online.yaml"),
@@ -36,6 +38,7 @@ def test_online_recipe_trains_a_few_steps(tmp_path):
     assert list((tmp_path / "data").glob("online-heldout-*/val.jsonl"))
 
 
+@pytest.mark.slow
 def test_missing_data_file_is_one_clear_line(tmp_path):
     result = run_train("fit", "--config", str(ROOT / "configs/overfit.yaml"),
                        "--data.train_files", str(tmp_path / "nope.jsonl"), cwd=tmp_path)

@@ -29,6 +29,7 @@ def fine_tune_two_steps(original: Path, runs: Path) -> Path:
     return runs / "overfit" / "version_0" / "checkpoints" / "last.ckpt"
 
 
+@pytest.mark.slow
 def test_fine_tune_the_original_then_export_for_transformers(tmp_path, capsys):
     transformers = pytest.importorskip("transformers")
     original = tmp_path / "checkpoint-20000"

@@ -77,6 +77,7 @@ def data(tmp_path):
     # allocates differently, which alone changed MKL's last bits before the CLI pinned its kernels.
     pytest.param({"val_check_interval": 3}, 6, id="validation-mid-epoch"),
 ])
+@pytest.mark.slow
 def test_resume_after_kill_equals_an_uninterrupted_run(data, trainer, kill_after):
     tmp = data
     finish(start(write_config(tmp / "a", tmp, **trainer), cwd=tmp))
@@ -104,6 +105,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(data, trainer, kill_after
         assert r["loss"] == whole[r["step"]]["loss"], f"step {r['step']}"
 
 
+@pytest.mark.slow
 def test_two_processes_see_every_example_once_and_agree_on_validation(data):
     tmp = data
     finish(start(write_config(tmp / "two", tmp, strategy="ddp", devices=2, max_epochs=1,
@@ -118,6 +120,7 @@ def test_two_processes_see_every_example_once_and_agree_on_validation(data):
     assert two == records(tmp / "two" / "val-rank1.jsonl")[-1]
 
 
+@pytest.mark.slow
 def test_validation_metrics_do_not_depend_on_the_number_of_processes(data):
     tmp = data
     checkpoint = tmp / "model.ckpt"
@@ -142,6 +145,7 @@ def test_validation_metrics_do_not_depend_on_the_number_of_processes(data):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_the_step_and_examples(data, monkeypatch):
     tmp = data
     config = write_config(tmp / "n", tmp)

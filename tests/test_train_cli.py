@@ -28,6 +28,7 @@ def scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_quickstart_run_directory_is_complete_and_the_console_says_where_it_is(tmp_path):
     result = train("--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_steps", "20",
                    "--trainer.val_check_interval", "10", "--trainer.limit_val_batches", "2",
@@ -104,6 +105,7 @@ def unique_prompt_lines(n: int) -> list[str]:
     return lines[:n]
 
 
+@pytest.mark.slow
 def test_overfit_config_memorises_a_small_file(tmp_path):
     data = tmp_path / "small.jsonl"
     data.write_text("".join(line + "\n" for line in unique_prompt_lines(32)))
