@@ -70,15 +70,15 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer, info = load_for_evaluation(args.checkpoint or newest_run(args.runs), args.tokenizer,
-                                                 _device(args.device))
+    model, task, info = load_for_evaluation(args.checkpoint or newest_run(args.runs), args.tokenizer,
+                                            _device(args.device))
     where = f"step {info['step']}" if info["step"] is not None else "an HF directory"
     print(f"evaluating {info['checkpoint']} ({where})", file=sys.stderr)
     if info["best_step"] is not None:
         note = "the best" if info["step"] == info["best_step"] else "NOT the best"
         print(f"  {note}: lowest val/loss at step {info['best_step']} ({info['best_how']}); the run went "
               f"{info['steps_past_best']} steps past it, to step {info['last_step']}", file=sys.stderr)
-    return model, tokenizer, info
+    return model, task, info
 
 
 def _out(args: argparse.Namespace, info: dict[str, Any], name: str) -> Path:
@@ -108,14 +108,12 @@ def report(args: argparse.Namespace) -> None:
     from sr_lightning.evaluation.checkpoints import validation_files
     from sr_lightning.evaluation.report import EvalSettings, ProblemIndex, build_report, render_terminal
 
-    model, tokenizer, info = _load(args)
+    model, task, info = _load(args)
     files = resolve_files(args.data or validation_files(info))
     limit = _limit(args, info, files)
-    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit,
-                            max_length=info["data"].get("max_length"),
-                            include_target_token=bool(info["data"].get("include_target_token")))
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit)
     out = _out(args, info, "evaluation")
-    result = build_report(model, tokenizer, info, files, settings, ProblemIndex(args.problems), out)
+    result = build_report(model, task, info, files, settings, ProblemIndex(args.problems), out)
     print(render_terminal(result))
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'predictions.jsonl'}"
           + (f", {result['plot']}" if result["plot"] else ""))
@@ -132,8 +130,8 @@ def search(args: argparse.Namespace) -> None:
                                          proposals=args.proposals, distinct=args.distinct)
     except ValueError as error:
         raise EvaluationInputError(f"--proposals: {error}") from None
-    model, tokenizer, info = _load(args)
-    results = gs.compare(gs.benchmark_problems(settings), settings, model, tokenizer)
+    model, task, info = _load(args)
+    results = gs.compare(gs.benchmark_problems(settings), settings, model, task)
     summary = gs.summarize(results)
     out = _out(args, info, "search")
     gs.write_results(summary, results, settings, info["checkpoint"], out)

@@ -62,6 +62,10 @@ class TrainCLI(LightningCLI):
     from scratch when the logger numbers versions itself.
     """
 
+    def add_arguments_to_parser(self, parser) -> None:
+        """The DataModule gets the task contract its model builds (tokenizer, context length, labels)."""
+        parser.link_arguments("model.task", "data.task", apply_on="instantiate")
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         if config is None:

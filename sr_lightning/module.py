@@ -24,10 +24,11 @@ from .data.batches import IGNORE
 from .data.tokenizer import SRTokenizer
 from .metrics import FirstTokenCounts, OneStepMetrics
 from .model import GPTNeo, ModelConfig
+from .task import OneStepTask
 from .teacher_forcing import teacher_forced
 
 log = logging.getLogger(__name__)
-PROGRESS_KEYS = ("examples_seen", "tokens_seen", "target_tokens_seen", "truncated_examples")
+PROGRESS_KEYS = ("examples_seen", "tokens_seen", "target_tokens_seen", "truncated_examples", "skipped_lines")
 
 
 def rng_states() -> dict:
@@ -69,6 +70,8 @@ class OneStepLM(L.LightningModule):
             ``vocab_size`` always follows the tokenizer.
         tokenizer_file: A tokenizers JSON file; None: the domain tokenizer shipped with the package.
         tokenizer_json: The tokenizer itself; filled in automatically so checkpoints are self-contained.
+        max_length: Tokens an example may fill; None: the model's ``n_positions`` (more is an error).
+        include_target_token: Also train on predicting ``<TARGET>``, as the original did.
         init_from: Start from an HF GPT-Neo directory (``config.json`` + weights) of the original system.
         learning_rate: Peak AdamW learning rate.
         weight_decay: Decay applied to matrices only (not to biases or LayerNorm weights).
@@ -85,6 +88,8 @@ class OneStepLM(L.LightningModule):
         model_overrides: dict[str, Any] | None = None,
         tokenizer_file: str | None = None,
         tokenizer_json: str | None = None,
+        max_length: int | None = None,
+        include_target_token: bool = False,
         init_from: str | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.01,
@@ -103,6 +108,7 @@ class OneStepLM(L.LightningModule):
         self.hparams.tokenizer_json = self.tokenizer.to_str()
         self.model = self._build_model(preset, model_overrides or {}, init_from)
         self.hparams.init_from = None  # the weights now live in the checkpoint
+        self.task = self._build_task(max_length, include_target_token)
         if compile:
             self.model.compile()  # in place: checkpoint keys stay those of the plain model
         vocab = self.model.config.vocab_size
@@ -128,9 +134,12 @@ class OneStepLM(L.LightningModule):
         config = ModelConfig.preset(preset, **{**overrides, "vocab_size": self.tokenizer.vocab_size})
         return GPTNeo(config)
 
-    @property
-    def max_length(self) -> int:
-        return self.model.config.n_positions
+    def _build_task(self, max_length: int | None, include_target_token: bool) -> OneStepTask:
+        """The contract the DataModule, evaluation and search share (see `task`)."""
+        positions = self.model.config.n_positions
+        if max_length is not None and max_length > positions:
+            raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
+        return OneStepTask(self.tokenizer, max_length or positions, include_target_token)
 
     # -- loss -----------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, output_mask: Tensor | None = None) -> Tensor:
@@ -159,21 +168,17 @@ class OneStepLM(L.LightningModule):
         epoch_fraction = self.current_epoch + (batch_idx + 1) / max(1, self.trainer.num_training_batches)
         self.log_dict({f"progress/{k}": float(v) for k, v in self.progress.items()}, batch_size=1)
         self.log("progress/epoch", epoch_fraction, batch_size=1)
-        self.log("progress/skipped_lines", float(self._skipped_lines()), batch_size=1)
         return loss
 
     def _count_progress(self, batch: dict, targets: Tensor, finite: bool) -> bool:
         """Add this step's counts, summed over all processes; False when any loss is non-finite."""
-        counts = torch.tensor([batch["n_examples"], batch["n_tokens"], targets.numel(),
-                               batch["n_truncated"], 0 if finite else 1], dtype=torch.float64, device=self.device)
+        skipped = sum(batch.get("skipped", {}).values())  # bad lines the stream dropped from this batch
+        counts = torch.tensor([batch["n_examples"], batch["n_tokens"], targets.numel(), batch["n_truncated"],
+                               skipped, 0 if finite else 1], dtype=torch.float64, device=self.device)
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         for key, value in zip(PROGRESS_KEYS, counts.tolist()):
             self.progress[key] += int(value)
         return counts[-1].item() == 0
-
-    def _skipped_lines(self) -> int:
-        datamodule = self.trainer.datamodule
-        return sum(getattr(datamodule, "skipped", {}).values())
 
     def _nonfinite(self, batch: dict, loss: Tensor) -> None:
         step, sources = self.global_step, batch["sources"]

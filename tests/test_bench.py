@@ -15,7 +15,9 @@ import yaml
 from sr_lightning import bench
 from sr_lightning import model as M
 from sr_lightning.data.format import SPECIAL_TOKENS, pair_from_record
-from sr_lightning.data.tokenizer import SRTokenizer
+from sr_lightning.data.tokenizer import SRTokenizer, gpt2_size_tokenizer_json
+from sr_lightning.hf_reference import Reference
+from sr_lightning.measure import Batch, _rss_mb, peak_memory
 from tests.conftest import SAMPLE, torch_threads
 
 RESULT = re.compile(r"^RESULT examples_per_s=(\d+(?:\.\d+)?(?:e[-+]?\d+)?) tokens_per_s=(\d+(?:\.\d+)?(?:e[-+]?\d+)?)$")
@@ -78,7 +80,7 @@ def test_compare_without_transformers_says_so(capsys, micro_config, monkeypatch)
 
 def test_gpt2_size_tokenizer_has_the_original_layout():
     texts = [pair_from_record(json.loads(line)).text for line in SAMPLE.read_text().splitlines()]
-    tokenizer = SRTokenizer.from_str(bench.gpt2_size_tokenizer_json(texts))
+    tokenizer = SRTokenizer.from_str(gpt2_size_tokenizer_json(texts))
     assert tokenizer.vocab_size == 50_261
     assert [tokenizer.ids[t] for t in SPECIAL_TOKENS] == [50256, 50257, 50258, 50259, 50260]
     assert tokenizer.decode(tokenizer.encode(texts[0])) == texts[0]
@@ -89,14 +91,14 @@ def test_reference_micro_batches_unshift_labels_and_pad():
     # Two rows of real lengths 5 and 3, batch width 5; labels shifted as in our batches.
     ids = torch.tensor([[9, 1, 2, 3, 4], [9, 5, 6, 0, 0]])
     labels = torch.tensor([[-100, -100, 3, 4, -100], [-100, 6, -100, -100, -100]])
-    batch = bench.Batch(ids, labels)
+    batch = Batch(ids, labels)
     assert batch.lengths.tolist() == [5, 3]
     assert batch.figures() == (2, 8, 3, 10)
-    tuned = bench.Reference("t", None, False, micro_batch=1)
+    tuned = Reference("t", None, False, micro_batch=1)
     (ids0, mask0, hf0), (ids1, mask1, hf1) = tuned.micro_batches(batch, pad_id=0)
     assert ids0.tolist() == [[9, 1, 2, 3, 4]] and hf0.tolist() == [[-100, -100, -100, 3, 4]]
     assert ids1.tolist() == [[9, 5, 6]] and hf1.tolist() == [[-100, -100, 6]] and mask1.tolist() == [[1, 1, 1]]
-    original = bench.Reference("o", 8, True, micro_batch=2)
+    original = Reference("o", 8, True, micro_batch=2)
     [(ids2, mask2, hf2)] = original.micro_batches(batch, pad_id=0)
     assert ids2.shape == (2, 8) and mask2.sum(1).tolist() == [5, 3] and hf2[:, 5:].eq(-100).all()
     assert original.computed_tokens(batch) == 16 and tuned.computed_tokens(batch) == 8
@@ -134,8 +136,8 @@ def test_cpu_training_forward_uses_dropout_everywhere_and_trains():
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block():
-    before = bench._rss_mb()
-    with bench.peak_memory(torch.device("cpu")) as peak:
+    before = _rss_mb()
+    with peak_memory(torch.device("cpu")) as peak:
         block = mmap.mmap(-1, 64 * 2**20)  # fresh pages: malloc might reuse memory already resident
         block.write(b"x" * len(block))
     assert peak() >= before + 60

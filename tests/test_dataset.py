@@ -6,6 +6,7 @@ import pytest
 
 from sr_lightning.data.dataset import EpochLoader, OneStepBatches, StreamSettings
 from sr_lightning.data.tokenizer import SRTokenizer
+from sr_lightning.task import OneStepTask
 from tests.helpers import numbered_fixture_lines, write_lines
 
 N_LINES = 37
@@ -22,8 +23,9 @@ def tokenizer():
 
 
 def make(data_file, tokenizer, rank=0, world=1, **settings):
-    base = dict(batch_size=4, max_length=1024, shuffle=True, shuffle_buffer=8, length_grouping=2, seed=3)
-    return OneStepBatches([data_file], tokenizer, StreamSettings(**{**base, **settings}), rank, world)
+    base = dict(batch_size=4, shuffle=True, shuffle_buffer=8, length_grouping=2, seed=3)
+    task = OneStepTask(tokenizer, 1024)
+    return OneStepBatches([data_file], task, StreamSettings(**{**base, **settings}), rank, world)
 
 
 def ids_of(batch) -> list[int]:

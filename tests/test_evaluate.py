@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 import evaluate
-from sr_lightning.data.batches import collate, encode_pairs, fitted_pairs
 from sr_lightning.data.format import Pair, pair_from_record
 from sr_lightning.data.stream import LineReport
 from sr_lightning.evaluation.checkpoints import (
@@ -32,7 +31,6 @@ from sr_lightning.evaluation.report import (
     ProblemIndex,
     build_report,
     findings,
-    prompt_ids,
     score_prediction,
 )
 from sr_lightning.decoding import generate
@@ -58,6 +56,11 @@ def trained(tiny_run):
 def read_jsonl(path: Path) -> list[Pair]:
     lines = path.read_text().splitlines()
     return [pair_from_record(json.loads(line), f"{path}:{i}") for i, line in enumerate(lines, 1)]
+
+
+def validation_prompts(tiny_run, task) -> list[list[int]]:
+    """The inference prompts of the run's validation lines."""
+    return [task.prompt_ids(e) for _, e in task.encode(read_jsonl(tiny_run.val_file), LineReport())]
 
 
 def val_losses(run_dir: Path) -> dict[int, float]:
@@ -225,14 +228,14 @@ def parsed_or_none(text: str):
 
 
 def test_report_numbers_equal_hand_counts_on_a_10_example_file(tiny_run, trained, tmp_path):
-    model, tokenizer, info = trained
+    model, task, info = trained
     pairs = read_jsonl(tiny_run.train_file)
     assert len(pairs) == 10
     problems = load_problems(tiny_run.problems_file)
     # The sidecar is found through each record's metadata (source_expressions_file), as the original named it.
-    report = build_report(model, tokenizer, info, [tiny_run.train_file], EvalSettings(batch_size=4),
+    report = build_report(model, task, info, [tiny_run.train_file], EvalSettings(batch_size=4),
                           ProblemIndex(), tmp_path)
-    expected = hand_counts(model, tokenizer, pairs, problems)
+    expected = hand_counts(model, task.tokenizer, pairs, problems)
     assert report["exact_match"] >= 0.5  # the model learned its training lines: the counts are not all 0
     for key in ("n_examples", "exact_match", "valid_rate", "copy_rate", "unique_rate", "degenerate_rate"):
         assert report[key] == expected[key], key
@@ -253,12 +256,12 @@ def test_report_numbers_are_trainer_validate_numbers_on_the_same_file(tiny_run, 
     from sr_lightning.data.datamodule import OneStepDataModule
     from sr_lightning.module import OneStepLM
 
-    model, tokenizer, info = trained
+    model, task, info = trained
     lm = OneStepLM.load_from_checkpoint(info["checkpoint"], map_location="cpu")
-    data = OneStepDataModule(val_files=str(tiny_run.train_file), val_batch_size=4, num_workers=0)
+    data = OneStepDataModule(val_files=str(tiny_run.train_file), val_batch_size=4, num_workers=0, task=lm.task)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     [validated] = trainer.validate(lm, datamodule=data, verbose=False)
-    report = build_report(model, tokenizer, info, [tiny_run.train_file], EvalSettings(batch_size=4),
+    report = build_report(model, task, info, [tiny_run.train_file], EvalSettings(batch_size=4),
                           ProblemIndex(), tmp_path)
     assert report["n_examples"] == 10
     for name, key in REPORT_NAMES.items():
@@ -266,21 +269,19 @@ def test_report_numbers_are_trainer_validate_numbers_on_the_same_file(tiny_run, 
 
 
 def test_inference_prompts_are_the_training_sequences_up_to_target(tiny_run, trained):
-    _, tokenizer, _ = trained
-    pairs = read_jsonl(tiny_run.val_file)
-    kept = fitted_pairs(pairs, tokenizer, 512, LineReport())
-    batch = collate([e for _, e in kept], tokenizer.pad_id)  # what training feeds the model
+    _, task, _ = trained
+    kept = task.encode(read_jsonl(tiny_run.val_file), LineReport())
+    batch = task.collate([e for _, e in kept])  # what training feeds the model
     for row, (pair, example) in enumerate(kept):
-        prompt = prompt_ids(example, tokenizer)
+        prompt = task.prompt_ids(example)
         assert prompt == batch["input_ids"][row, : batch["target_positions"][row] + 1].tolist()
-        assert tokenizer.decode(prompt).encode() == pair.prompt_text.encode()
+        assert task.tokenizer.decode(prompt).encode() == pair.prompt_text.encode()
 
 
 def test_cached_batched_and_uncached_single_greedy_outputs_are_identical(tiny_run, trained):
-    model, tokenizer, _ = trained
-    encoded = encode_pairs(read_jsonl(tiny_run.val_file), tokenizer, 512, LineReport())
-    prompts = [prompt_ids(e, tokenizer) for e in encoded]
-    kwargs = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": 48}
+    model, task, _ = trained
+    prompts = validation_prompts(tiny_run, task)
+    kwargs = {"eos_id": task.tokenizer.eos_id, "pad_id": task.tokenizer.pad_id, "max_new_tokens": 48}
     cached = generate(model, prompts, batch_size=3, **kwargs)
     single = [generate(model, [p], use_cache=False, **kwargs)[0] for p in prompts]
     assert cached == single
@@ -346,9 +347,9 @@ def test_findings_flag_the_original_failure_and_nothing_on_a_healthy_report():
 
 
 def test_a_model_that_always_writes_x0_makes_findings_warn(tiny_run, trained, scripted_model):
-    _, tokenizer, _ = trained
+    _, task, _ = trained
     pairs = read_jsonl(tiny_run.train_file)
-    evaluation = Evaluation(scripted_model(tokenizer, "x0"), tokenizer, EvalSettings(),
+    evaluation = Evaluation(scripted_model(task.tokenizer, "x0"), task, EvalSettings(),
                             ProblemIndex(tiny_run.problems_file))
     evaluation.add(pairs)
     report = {**evaluation.results(), "step": None, "best_step": None}
@@ -371,20 +372,20 @@ def test_evaluating_a_checkpoint_that_is_not_the_best_is_a_finding(tiny_run):
 
 # -- other inputs and tools -----------------------------------------------------------------
 def test_an_hf_directory_evaluates_like_its_checkpoint(tiny_run, trained, tmp_path):
-    model, tokenizer, _ = trained
+    model, task, _ = trained
+    tokenizer = task.tokenizer
     save_hf_gpt_neo(model, tmp_path / "hf", tokenizer.to_str(), bos_id=tokenizer.eos_id, eos_id=tokenizer.eos_id)
-    hf_model, hf_tokenizer, info = load_for_evaluation(tmp_path / "hf")
+    hf_model, hf_task, info = load_for_evaluation(tmp_path / "hf")
     assert info["kind"] == "hf" and info["step"] is None
-    encoded = encode_pairs(read_jsonl(tiny_run.val_file)[:3], tokenizer, 512, LineReport())
-    prompts = [prompt_ids(e, tokenizer) for e in encoded]
+    assert hf_task.tokenizer.to_str() == tokenizer.to_str() and hf_task.max_length == model.config.n_positions
+    prompts = validation_prompts(tiny_run, task)[:3]
     kwargs = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": 32}
     assert generate(hf_model, prompts, **kwargs) == generate(model, prompts, **kwargs)
 
 
 def test_decode_benchmark_reports_both_speeds_and_agreement(tiny_run, trained):
-    model, tokenizer, _ = trained
-    encoded = encode_pairs(read_jsonl(tiny_run.val_file)[:4], tokenizer, 512, LineReport())
-    result = benchmark(model, tokenizer, [prompt_ids(e, tokenizer) for e in encoded], batch_size=4,
+    model, task, _ = trained
+    result = benchmark(model, task.tokenizer, validation_prompts(tiny_run, task)[:4], batch_size=4,
                        max_new_tokens=16)
     assert result["n"] == 4 and result["identical_outputs"] == 4
     assert result["batched_cached_per_s"] > 0 and result["single_uncached_per_s"] > 0

@@ -35,16 +35,16 @@ SMALL = ComparisonSettings(generations=4, population_size=6, held_out=1, named=F
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):
-    model, tokenizer, _ = load_for_evaluation(tiny_run.run_dir)
-    return model, tokenizer
+    model, task, _ = load_for_evaluation(tiny_run.run_dir)
+    return model, task
 
 
 def test_search_prompts_are_byte_identical_to_the_generators_records(trained):
-    model, tokenizer = trained
+    model, task = trained
     problem = named_problems()["quadratic"]
     config = SearchConfig(population_size=8, generations=5)
     trace = run_search(problem.X, problem.y, config, seed=3)
-    proposer = NeuralProposer(model, tokenizer, config, problem.n_vars)
+    proposer = NeuralProposer(model, task, config, problem.n_vars)
     records = list(records_from_trace(trace, problem, "all"))
     assert len(records) == 4 * 8
     for record in records:
@@ -53,7 +53,7 @@ def test_search_prompts_are_byte_identical_to_the_generators_records(trained):
         pair = search_pair(g, problem.n_vars, config, current.expressions, current.fitnesses)
         training = pair_from_record(record)
         assert pair.prompt_text.encode() == training.prompt_text.encode()
-        assert proposer.prompt_ids(g, current.expressions, current.fitnesses) == tokenizer.encode_prompts([training])[0]
+        assert proposer.prompt_ids(g, current.expressions, current.fitnesses) == task.tokenizer.encode_prompts([training])[0]
 
 
 def test_search_prompts_match_the_original_systems_lines():
@@ -76,23 +76,23 @@ def test_first_expression_of_a_completion():
 
 
 def test_proposer_samples_p_minus_1_expressions_reproducibly(trained):
-    model, tokenizer = trained
+    model, task = trained
     problem = named_problems()["bivariate_sum"]
     config = SearchConfig(population_size=6)
     trace = run_search(problem.X, problem.y, SearchConfig(population_size=6, generations=1), seed=0)
     state = (0, trace.generations[0].expressions, trace.generations[0].fitnesses)
-    first = NeuralProposer(model, tokenizer, config, problem.n_vars, seed=11)(*state)
-    again = NeuralProposer(model, tokenizer, config, problem.n_vars, seed=11)(*state)
+    first = NeuralProposer(model, task, config, problem.n_vars, seed=11)(*state)
+    again = NeuralProposer(model, task, config, problem.n_vars, seed=11)(*state)
     assert len(first) == 5 and first == again
     assert all(p is None or str(parse(p)) == p for p in first)
     assert any(p is not None for p in first)  # the tiny model writes expressions
 
 
 def test_unusable_proposals_fall_back_to_the_evolutionary_child(trained, scripted_model):
-    _, tokenizer = trained
+    _, task = trained
     problem = named_problems()["bivariate_sum"]
-    garbage = scripted_model(tokenizer, ")")  # never an expression: every slot falls back
-    neural = run_one(problem, "neural", 0, SMALL, garbage, tokenizer)
+    garbage = scripted_model(task.tokenizer, ")")  # never an expression: every slot falls back
+    neural = run_one(problem, "neural", 0, SMALL, garbage, task)
     basic = run_one(problem, "basic", 0, SMALL)
     assert neural.proposals == (neural.generations - 1) * 5 and neural.well_formed == 0
     assert (neural.best_expression, neural.best_mse, neural.generations) == \
@@ -100,12 +100,12 @@ def test_unusable_proposals_fall_back_to_the_evolutionary_child(trained, scripte
 
 
 def test_neural_run_uses_the_models_proposals(trained, scripted_model):
-    _, tokenizer = trained
+    _, task = trained
     X = named_problems()["x0_x1_squared"].X
     problem = Problem(5, "product", "(x0 * x1)", X, X[:, 0] * X[:, 1], 0)
     assert not run_one(problem, "basic", 0, SMALL).solved  # BasicSR alone misses it in this budget
-    oracle = scripted_model(tokenizer, "(x0 * x1)")  # always proposes the solution
-    result = run_one(problem, "neural", 0, SMALL, oracle, tokenizer)
+    oracle = scripted_model(task.tokenizer, "(x0 * x1)")  # always proposes the solution
+    result = run_one(problem, "neural", 0, SMALL, oracle, task)
     assert result.solved and result.best_mse == 0.0 and result.r2 == 1.0
     assert result.generations_to_solve == 1 and result.generations == 2  # a solved run stops
     assert result.proposals == result.well_formed == 5
@@ -118,13 +118,13 @@ def test_drop_repeats_keeps_first_new_occurrences():
 
 
 def test_model_fills_only_the_slots_it_is_given(trained, scripted_model):
-    _, tokenizer = trained
+    _, task = trained
     problem = named_problems()["bivariate_sum"]
     settings = ComparisonSettings(generations=4, population_size=6, proposals=2)
-    result = run_one(problem, "neural", 0, settings, scripted_model(tokenizer, "(x0 * x1)"), tokenizer)
+    result = run_one(problem, "neural", 0, settings, scripted_model(task.tokenizer, "(x0 * x1)"), task)
     assert result.proposals == result.well_formed == (result.generations - 1) * 2 and result.repeats == 0
     none = run_one(problem, "neural", 0, ComparisonSettings(generations=4, population_size=6, proposals=0),
-                   scripted_model(tokenizer, "(x0 * x1)"), tokenizer)
+                   scripted_model(task.tokenizer, "(x0 * x1)"), task)
     basic = run_one(problem, "basic", 0, settings)
     assert none.proposals == 0 and (none.best_expression, none.generations) == (basic.best_expression,
                                                                               basic.generations)
@@ -133,12 +133,12 @@ def test_model_fills_only_the_slots_it_is_given(trained, scripted_model):
 
 
 def test_distinct_proposals_leave_repeats_to_evolution(trained, scripted_model):
-    _, tokenizer = trained
+    _, task = trained
     X = named_problems()["x0_x1_squared"].X
     problem = Problem(5, "quadratic sum", "((x0 * x0) + x1)", X, X[:, 0] ** 2 + X[:, 1], 0)
-    stuck = scripted_model(tokenizer, "(x0 * x1)")  # always the same wrong expression
+    stuck = scripted_model(task.tokenizer, "(x0 * x1)")  # always the same wrong expression
     settings = ComparisonSettings(generations=4, population_size=6, distinct=True)
-    result = run_one(problem, "neural", 0, settings, stuck, tokenizer)
+    result = run_one(problem, "neural", 0, settings, stuck, task)
     # generation 1 takes one copy (4 repeats); later ones already hold it (via the elite or a child)
     assert result.proposals == 15 and result.well_formed + result.repeats == 15
     assert 1 <= result.well_formed <= 3 and result.repeats >= 12

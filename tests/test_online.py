@@ -20,6 +20,7 @@ from sr_lightning.data.online import (
     write_heldout_set,
 )
 from sr_lightning.data.tokenizer import SRTokenizer
+from sr_lightning.task import OneStepTask
 from sr_lightning.sr.problems import GENERATED_ID_BASE, Problem, generated_id, load_problems, named_problems, random_problem
 
 # 4 generations of 6: 18 records per problem with all targets. Batches of 4 take 2 examples from
@@ -27,7 +28,7 @@ from sr_lightning.sr.problems import GENERATED_ID_BASE, Problem, generated_id, l
 # ceil(8 * 2 / (2 * 2)) = 4 batches per rank, i.e. one chunk of S * G = 4 batches.
 TINY = OnlineSettings(problems_per_epoch=8, examples_per_problem=2, batches_per_problem=2, reuse_stride=2,
                       max_vars=3, population_size=6, generations=4, heldout_problems=5)
-STREAM = StreamSettings(batch_size=4, max_length=1024, seed=42)
+STREAM = StreamSettings(batch_size=4, seed=42)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def tokenizer():
 
 
 def dataset(tokenizer, rank=0, world=2, online=TINY):
-    return OnlineBatches(tokenizer, STREAM, online, rank, world)
+    return OnlineBatches(OneStepTask(tokenizer, 1024), STREAM, online, rank, world)
 
 
 def run(data, epoch=0, start=0, workers=0):
@@ -93,7 +94,7 @@ def test_stream_is_deterministic_and_changes_with_epoch_and_seed(tokenizer):
     same_batches(first, run(dataset(tokenizer)))
     later = run(dataset(tokenizer), epoch=1)
     assert not {s for b in first for s in b["sources"]} & {s for b in later for s in b["sources"]}
-    other_seed = OnlineBatches(tokenizer, StreamSettings(batch_size=4, max_length=1024, seed=7), TINY, 0, 2)
+    other_seed = OnlineBatches(OneStepTask(tokenizer, 1024), StreamSettings(batch_size=4, seed=7), TINY, 0, 2)
     reseeded = run(other_seed)[0]
     assert set(problem_ids(first[0])) == set(problem_ids(reseeded))  # the same problem numbers ...
     assert not torch.equal(first[0]["input_ids"], reseeded["input_ids"])  # ... other problems
@@ -196,7 +197,7 @@ def test_settings_shape_the_data(tokenizer):
     online = OnlineSettings(problems_per_epoch=2, examples_per_problem=4, batches_per_problem=1, reuse_stride=1,
                             min_vars=2, max_vars=2, unary_ops=("sin",), population_size=5, generations=3,
                             targets="ancestors")
-    records = OnlineBatches(tokenizer, STREAM, online).batch_records(0, 0)
+    records = OnlineBatches(OneStepTask(tokenizer, 1024), STREAM, online).batch_records(0, 0)
     assert len(records) == 4
     for record in records:
         assert record["context"].endswith("| 2 variables | ops: *,+,-,sin | constants: 1.0")

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import lightning as L
 
+from ..task import OneStepTask
 from .dataset import BatchStream, EpochLoader, OneStepBatches, StreamSettings
 from .online import HELDOUT_FILE, OnlineBatches, OnlineSettings, write_heldout_set
 from .stream import FileSpec, cache_dir, resolve_files
-from .tokenizer import SRTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,10 @@ class OneStepDataModule(L.LightningDataModule):
         batch_size: Examples per training batch (per process).
         val_batch_size: Examples per validation/test batch (default: ``batch_size``).
         num_workers: DataLoader worker processes per rank.
-        max_length: Context length; None takes the model's ``n_positions``.
         seed: Seeds the shuffle (with the epoch and the rank).
         shuffle_buffer: Lines in each reader's shuffle buffer.
         length_grouping: Sort chunks of this many batches by length (0: off) to cut padding.
         pad_to_multiple: Round batch widths up to a multiple of this (use 64-128 on GPUs).
-        include_target_token: Also train on predicting ``<TARGET>``, as the original did.
         strict: Stop at the first bad line instead of skipping and counting it.
         default_data_dir: Where the default data set is generated (default: the user cache).
         default_problems: Problems in the generated default data set (split 80/10/10 by problem).
@@ -53,6 +51,8 @@ class OneStepDataModule(L.LightningDataModule):
         source: ``files`` (JSONL) or ``online``: training problems generated in the workers, validated
             on a fixed held-out set (written once into ``default_data_dir``) unless ``val_files`` is set.
         online: The online generator's settings (``--data.online.examples_per_problem 16`` ...).
+        task: The model's `OneStepTask` (tokenizer, context length, labels): ``train.py`` links it from
+            the LightningModule; in code pass ``task=module.task``.
     """
 
     def __init__(
@@ -63,23 +63,22 @@ class OneStepDataModule(L.LightningDataModule):
         batch_size: int = 16,
         val_batch_size: int | None = None,
         num_workers: int = 2,
-        max_length: int | None = None,
         seed: int = 42,
         shuffle_buffer: int = 10_000,
         length_grouping: int = 50,
         pad_to_multiple: int = 1,
-        include_target_token: bool = False,
         strict: bool = False,
         default_data_dir: str | None = None,
         default_problems: int = 400,
         default_targets: str = "ancestors",
         source: Literal["files", "online"] = "files",
         online: OnlineSettings = OnlineSettings(),
+        task: OneStepTask | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["task"])
         self.online = OnlineSettings.of(online)
-        self.tokenizer: SRTokenizer | None = None
+        self.task = task
         self.datasets: dict[str, BatchStream] = {}
         self.position = (0, 0)  # (epoch, training batches consumed in it)
         self._restored: tuple[int, int] | None = None  # a checkpoint's position, until used
@@ -133,33 +132,32 @@ class OneStepDataModule(L.LightningDataModule):
                  time.perf_counter() - start)
 
     # -- datasets -------------------------------------------------------------------------
-    def _settings(self, shuffle: bool, batch_size: int, max_length: int) -> StreamSettings:
+    def _settings(self, shuffle: bool, batch_size: int) -> StreamSettings:
         h = self.hparams
         return StreamSettings(
-            batch_size=batch_size, max_length=max_length, shuffle=shuffle, shuffle_buffer=h.shuffle_buffer,
+            batch_size=batch_size, shuffle=shuffle, shuffle_buffer=h.shuffle_buffer,
             length_grouping=h.length_grouping if shuffle else 0, pad_to_multiple=h.pad_to_multiple,
-            include_target_token=h.include_target_token, strict=h.strict, seed=h.seed,
+            strict=h.strict, seed=h.seed,
         )
 
     def setup(self, stage: str | None = None) -> None:
-        module = self.trainer.lightning_module if self.trainer else None
-        if self.tokenizer is None:
-            self.tokenizer = getattr(module, "tokenizer", None) or SRTokenizer.default()
-        max_length = self.hparams.max_length or getattr(module, "max_length", None) or 2048
+        if self.task is None:
+            raise ValueError("OneStepDataModule has no task: train.py links the model's; in code pass "
+                             "OneStepDataModule(..., task=module.task)")
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         val_batch = self.hparams.val_batch_size or self.hparams.batch_size
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
         for split in splits.get(stage, []):
             if split == "train" and self.hparams.source == "online":
-                settings = self._settings(True, self.hparams.batch_size, max_length)
-                self.datasets[split] = OnlineBatches(self.tokenizer, settings, self.online, rank, world)
+                settings = self._settings(True, self.hparams.batch_size)
+                self.datasets[split] = OnlineBatches(self.task, settings, self.online, rank, world)
                 continue
             files = self._files(split)
             if not files:
                 continue
             train = split == "train"
-            settings = self._settings(train, self.hparams.batch_size if train else val_batch, max_length)
-            self.datasets[split] = OneStepBatches(files, self.tokenizer, settings, rank, world)
+            settings = self._settings(train, self.hparams.batch_size if train else val_batch)
+            self.datasets[split] = OneStepBatches(files, self.task, settings, rank, world)
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError("no training data: set --data.train_files (a path, glob or list)")
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .batches import collate, encode_pairs
+from ..task import OneStepTask
+
 from .format import Pair
 from .stream import LineReport, count_lines, iter_raw_lines, parse_lines, shuffled
-from .tokenizer import SRTokenizer
 
 
 @dataclass
@@ -34,8 +34,6 @@ class StreamSettings:
 
     batch_size: int = 16
     """Lines per batch (bad lines are dropped from their batch)."""
-    max_length: int = 2048
-    """Context length: longer examples lose population items, never target tokens."""
     shuffle: bool = False
     """Buffer-shuffle lines (training only: validation and test stay fixed and ordered)."""
     shuffle_buffer: int = 10_000
@@ -44,8 +42,6 @@ class StreamSettings:
     """Sort chunks of this many batches by line length before batching (0: off)."""
     pad_to_multiple: int = 1
     """Round each batch's width up to a multiple of this (GPUs like few distinct shapes)."""
-    include_target_token: bool = False
-    """Also label the prediction of ``<TARGET>`` itself, as the original did."""
     strict: bool = False
     """Stop at the first bad line instead of skipping and counting it."""
     seed: int = 42
@@ -59,8 +55,8 @@ class BatchStream(IterableDataset):
     A subclass says how batch ``index`` is made (`_worker_batches`) and how many there are.
     """
 
-    def __init__(self, tokenizer: SRTokenizer, settings: StreamSettings, rank: int = 0, world_size: int = 1):
-        self.tokenizer = tokenizer
+    def __init__(self, task: OneStepTask, settings: StreamSettings, rank: int = 0, world_size: int = 1):
+        self.task = task
         self.settings = settings
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -78,9 +74,8 @@ class BatchStream(IterableDataset):
         raise NotImplementedError
 
     def _collate(self, pairs: Sequence[Pair], report: LineReport) -> dict:
-        examples = encode_pairs(pairs, self.tokenizer, self.settings.max_length, report)
-        return collate(examples, self.tokenizer.pad_id, include_target_token=self.settings.include_target_token,
-                       pad_to_multiple=self.settings.pad_to_multiple)
+        examples = [example for _, example in self.task.encode(pairs, report)]
+        return self.task.collate(examples, self.settings.pad_to_multiple)
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -96,9 +91,9 @@ class BatchStream(IterableDataset):
 class OneStepBatches(BatchStream):
     """Padded batches of one-step examples from JSONL files (see the module docstring)."""
 
-    def __init__(self, files: Sequence[Path], tokenizer: SRTokenizer, settings: StreamSettings,
+    def __init__(self, files: Sequence[Path], task: OneStepTask, settings: StreamSettings,
                  rank: int = 0, world_size: int = 1):
-        super().__init__(tokenizer, settings, rank, world_size)
+        super().__init__(task, settings, rank, world_size)
         self.files = list(files)
         self.total_lines = sum(count_lines(f) for f in self.files)
 

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from ..sr.expression import parse, predict
 from ..sr.problems import Problem, ProblemConfig, ProblemsWriter, generated_id, named_problems, random_problem
 from ..sr.search import SearchConfig
+from ..task import OneStepTask
 from .dataset import BatchStream, StreamSettings
 from .format import dump_record, pair_from_record
 from .generate import SIDECAR, TARGETS, generate_examples
@@ -200,9 +201,9 @@ def record_source(record: dict) -> str:
 class OnlineBatches(BatchStream):
     """Padded batches of one-step examples from problems generated on the fly (module docstring)."""
 
-    def __init__(self, tokenizer: SRTokenizer, settings: StreamSettings, online: OnlineSettings,
+    def __init__(self, task: OneStepTask, settings: StreamSettings, online: OnlineSettings,
                  rank: int = 0, world_size: int = 1):
-        super().__init__(tokenizer, settings, rank, world_size)
+        super().__init__(task, settings, rank, world_size)
         self.online = online
         self.named = list(named_problems().values()) if online.exclude_named else []
 
@@ -326,10 +327,10 @@ def _loader_rate(dataset: OnlineBatches, batches: int, workers: int) -> float:
     return examples / (time.perf_counter() - started)
 
 
-def bench(settings: OnlineSettings, stream: StreamSettings, chunks: int, workers: int) -> dict:
+def bench(settings: OnlineSettings, task: OneStepTask, stream: StreamSettings, chunks: int, workers: int) -> dict:
     """Examples/s of one process (searching vs tokenizing) over whole chunks of ``S * G`` batches,
     also per CPU second (what an unshared core would give), then of ``workers`` DataLoader workers."""
-    dataset = OnlineBatches(SRTokenizer.default(), stream, replace(settings, problems_per_epoch=10**9))
+    dataset = OnlineBatches(task, stream, replace(settings, problems_per_epoch=10**9))
     batches = chunks * settings.reuse_stride * settings.batches_per_problem
     cache: OrderedDict = OrderedDict()
     report = LineReport()
@@ -358,8 +359,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.heldout:
         result = write_heldout_set(args.heldout, settings)
     elif args.bench:
-        stream = StreamSettings(batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
-        result = bench(settings, stream, args.chunks, args.workers)
+        task = OneStepTask(SRTokenizer.default(), args.max_length)
+        result = bench(settings, task, StreamSettings(batch_size=args.batch_size, seed=args.seed), args.chunks,
+                       args.workers)
     else:
         parser.error("give --bench or --heldout DIR")
     print(json.dumps(result, indent=2), file=sys.stderr)

@@ -10,16 +10,23 @@ hold for any text.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .format import EOS, SPECIAL_TOKENS, TARGET, Pair
+from .format import EOS, SPECIAL_TOKENS, TARGET, BadRecord, Pair
+from .stream import LineReport, cache_dir, iter_raw_lines, parse_line
+
+log = logging.getLogger(__name__)
 
 DEFAULT_VOCAB_SIZE = 1024
+GPT2_VOCAB_SIZE = 50_257  # GPT-2's BPE entries; <|endoftext|> is the last one
+TOKENIZER_LINES = 20_000  # data lines the gpt2-size tokenizer learns its merges from
 DOMAIN_TOKENIZER_FILE = "domain_tokenizer.json"
 
 
@@ -126,6 +133,49 @@ class SRTokenizer:
 
     def first_token_label(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or str(token_id)
+
+
+def _data_texts(files: Sequence[Path], limit: int) -> list[str]:
+    texts, report = [], LineReport()
+    for source, raw in iter_raw_lines(files, report):
+        if len(texts) == limit:
+            break
+        try:
+            texts.append(parse_line(raw, source).text)
+        except BadRecord:
+            continue
+    return texts
+
+
+def gpt2_size_tokenizer_json(texts: Sequence[str]) -> str:
+    """A byte-level BPE with GPT-2's pre-tokenizer and layout: 50,257 entries, ``<|endoftext|>`` = 50256.
+
+    Merges are learned from ``texts`` (a few thousand exist in one-step data); unused entries
+    fill the rest, so the vocabulary, the embedding and the 50,261-way head (after SRTokenizer
+    appends the four markers) have the original's size.
+    """
+    learned = json.loads(train_gpt2_style_tokenizer(texts, GPT2_VOCAB_SIZE).to_str())
+    ordered = sorted(learned["model"]["vocab"].items(), key=lambda item: item[1])
+    tokens = [token for token, _ in ordered if token not in SPECIAL_TOKENS]
+    tokens += [f"<|unused{i}|>" for i in range(len(tokens), GPT2_VOCAB_SIZE - 1)] + [EOS]
+    learned["model"]["vocab"] = {token: i for i, token in enumerate(tokens)}
+    learned["added_tokens"] = [{"id": GPT2_VOCAB_SIZE - 1, "content": EOS, "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True}]
+    return json.dumps(learned, ensure_ascii=False)
+
+
+def gpt2_size_tokenizer(files: Sequence[Path], lines: int = TOKENIZER_LINES) -> Path:
+    """The file of `gpt2_size_tokenizer_json` for these data files, built once into the cache."""
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha1(json.dumps([stats, lines]).encode()).hexdigest()[:16]
+    path = cache_dir() / "bench" / f"gpt2-size-{key}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
+        partial.write_text(gpt2_size_tokenizer_json(_data_texts(files, lines)), encoding="utf-8")
+        partial.replace(path)
+        log.info("built the gpt2-size tokenizer into %s", path)
+    return path
 
 
 def _texts_from_jsonl(paths: Sequence[str], limit: int | None) -> list[str]:

@@ -14,7 +14,9 @@ moved or copied still resolves.
 from __future__ import annotations
 
 import glob
+import inspect
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import yaml
 from ..data.tokenizer import SRTokenizer
 from ..interop import is_hf_directory, load_hf_directory
 from ..model import GPTNeo
+from ..task import OneStepTask
 from .curves import last_logged_step
 
 DEFAULT_RUNS_DIR = "runs"
@@ -157,7 +160,8 @@ def validation_files(info: dict[str, Any]) -> list[str]:
     if spec is None and data.get("train_files") is None and data:
         from ..data.datamodule import OneStepDataModule
 
-        module = OneStepDataModule(**{k: v for k, v in data.items() if not k.startswith("_")})
+        accepted = inspect.signature(OneStepDataModule).parameters
+        module = OneStepDataModule(**{k: v for k, v in data.items() if k in accepted})
         spec = str(module._default_dir() / "val.jsonl")
     if spec is None:
         raise EvaluationInputError("the checkpoint names no validation files; pass --data PATH")
@@ -200,8 +204,8 @@ def validated_lines(info: dict[str, Any], files: list[Path]) -> tuple[int | None
 
 # -- loading --------------------------------------------------------------------------------
 def load_for_evaluation(path: str | Path, tokenizer_file: str | Path | None = None,
-                        device: str | torch.device = "cpu") -> tuple[GPTNeo, SRTokenizer, dict[str, Any]]:
-    """Model (eval mode, on ``device``), tokenizer, and what was loaded.
+                        device: str | torch.device = "cpu") -> tuple[GPTNeo, OneStepTask, dict[str, Any]]:
+    """Model (eval mode, on ``device``), its task contract (tokenizer, context length, labels), and what was loaded.
 
     ``path``: a run directory (its best checkpoint), a directory of runs (the newest one's best),
     a ``.ckpt`` file, or an HF GPT-Neo directory (``config.json`` + weights + ``tokenizer.json``
@@ -214,10 +218,10 @@ def load_for_evaluation(path: str | Path, tokenizer_file: str | Path | None = No
     if not path.exists():
         raise EvaluationInputError(f"checkpoint not found: {path}")
     if path.is_dir() and is_hf_directory(path):
-        model, tokenizer, info = _load_hf(path, tokenizer_file)
+        model, task, info = _load_hf(path, tokenizer_file)
     else:
-        model, tokenizer, info = _load_lightning(path, tokenizer_file)
-    return model.to(device).eval(), tokenizer, info
+        model, task, info = _load_lightning(path, tokenizer_file)
+    return model.to(device).eval(), task, info
 
 
 def _tokenizer(path: str | Path) -> SRTokenizer:
@@ -227,7 +231,7 @@ def _tokenizer(path: str | Path) -> SRTokenizer:
         raise EvaluationInputError(str(error)) from error
 
 
-def _load_hf(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, SRTokenizer, dict[str, Any]]:
+def _load_hf(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, OneStepTask, dict[str, Any]]:
     try:
         model, tokenizer = load_hf_directory(path, tokenizer_file)
     except (OSError, ValueError, KeyError) as error:
@@ -235,10 +239,16 @@ def _load_hf(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, SRT
     info = {"checkpoint": str(path), "kind": "hf", "step": None, "recorded_val_loss": None, "best_step": None,
             "last_step": None,
             "steps_past_best": None, "best_checkpoint": None, "best_how": None, "run_dir": None, "data": {}}
-    return model, tokenizer, info
+    return model, OneStepTask(tokenizer, model.config.n_positions), info
 
 
-def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, SRTokenizer, dict[str, Any]]:
+def _legacy_task(task: OneStepTask, data: dict[str, Any]) -> OneStepTask:
+    """Checkpoints written before the task contract kept two of its settings among the data's arguments."""
+    return replace(task, max_length=data.get("max_length") or task.max_length,
+                   include_target_token=bool(data.get("include_target_token", task.include_target_token)))
+
+
+def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, OneStepTask, dict[str, Any]]:
     from ..module import OneStepLM  # Lightning is slow to import; HF directories never need it
 
     if path.is_dir() and not checkpoint_files(path):  # runs/ or runs/<name>/: the newest run in it
@@ -252,7 +262,9 @@ def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTN
         lm = OneStepLM.load_from_checkpoint(path, map_location="cpu")
     except Exception as error:  # a checkpoint of another model, or damaged tensors
         raise EvaluationInputError(f"{path}: not a readable sr_lightning checkpoint ({_reason(error)})") from error
-    tokenizer = _tokenizer(tokenizer_file) if tokenizer_file else lm.tokenizer
+    task = _legacy_task(lm.task, _run_data_hparams(checkpoint, run_dir))
+    if tokenizer_file:
+        task = replace(task, tokenizer=_tokenizer(tokenizer_file))
     state = _monitor_state(checkpoint) or {}
     recorded = state.get("current_score")
     info = {"checkpoint": str(path), "kind": "lightning", "step": int(checkpoint["global_step"]),
@@ -262,4 +274,4 @@ def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTN
             "best_checkpoint": best and str(best["best"]), "best_how": best and best["how"],
             "run_dir": None if run_dir is None else str(run_dir),
             "data": _run_data_hparams(checkpoint, run_dir)}
-    return lm.model, tokenizer, info
+    return lm.model, task, info

@@ -18,22 +18,22 @@ from typing import Any
 
 import torch
 
-from ..data.batches import encode_pairs
 from ..data.stream import LineReport, resolve_files
 from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
 from ..model import GPTNeo
+from ..task import OneStepTask
 from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, validation_files
-from .report import prompt_ids, read_pairs
+from .report import read_pairs
 
 
-def bench_prompts(files: Sequence[Path], tokenizer: SRTokenizer, n: int, max_length: int) -> list[list[int]]:
+def bench_prompts(files: Sequence[Path], task: OneStepTask, n: int) -> list[list[int]]:
     """The inference prompts of the first ``n`` usable examples of ``files``."""
     lines = LineReport()
-    encoded = encode_pairs(list(islice(read_pairs(files, lines), n)), tokenizer, max_length, lines)
-    if not encoded:
+    kept = task.encode(list(islice(read_pairs(files, lines), n)), lines)
+    if not kept:
         raise EvaluationInputError(f"no usable example in {', '.join(map(str, files))}")
-    return [prompt_ids(e, tokenizer) for e in encoded]
+    return [task.prompt_ids(e) for _, e in kept]
 
 
 def _timed(fn) -> tuple[Any, float]:
@@ -81,14 +81,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        model, tokenizer, info = load_for_evaluation(args.checkpoint or newest_run(), args.tokenizer, args.device)
+        model, task, info = load_for_evaluation(args.checkpoint or newest_run(), args.tokenizer, args.device)
         files = resolve_files(args.data or validation_files(info))
-        prompts = bench_prompts(files, tokenizer, args.n, model.config.n_positions)
+        prompts = bench_prompts(files, task, args.n)
     except (EvaluationInputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"checkpoint {info['checkpoint']} on {args.device}, {torch.get_num_threads()} threads")
-    print(render(benchmark(model, tokenizer, prompts, args.batch_size, args.max_new_tokens)))
+    print(render(benchmark(model, task.tokenizer, prompts, args.batch_size, args.max_new_tokens)))
     return 0
 
 

@@ -30,13 +30,13 @@ from tqdm import tqdm
 
 from ..data.batches import Encoded, fit_to_length
 from ..data.format import Pair, context_text, population_text
-from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
 from ..markdown import code_cell, table
 from ..model import GPTNeo
 from ..sr.expression import ExpressionError, mse, parse, parse_first, predict, r2
 from ..sr.problems import Problem, ProblemConfig, named_problems, random_problem
 from ..sr.search import SOLVED_MSE, SearchConfig, run_search, usable_proposal
+from ..task import OneStepTask
 
 HELD_OUT_SEED_BASE = 2**32  # above every 32-bit seed of the data generator's problems
 HELD_OUT_ID_BASE = 10**9  # expression ids of held-out problems, far above any generated id
@@ -109,10 +109,11 @@ class NeuralProposer:
     ``repeats`` counts them.
     """
 
-    def __init__(self, model: GPTNeo, tokenizer: SRTokenizer, config: SearchConfig, n_vars: int,
+    def __init__(self, model: GPTNeo, task: OneStepTask, config: SearchConfig, n_vars: int,
                  temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
                  distinct: bool = False):
-        self.model, self.tokenizer, self.config, self.n_vars = model, tokenizer, config, n_vars
+        self.model, self.task, self.config, self.n_vars = model, task, config, n_vars
+        self.tokenizer = task.tokenizer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.count = config.population_size - 1 if count is None else count
         self.distinct, self.repeats = distinct, 0
@@ -123,10 +124,10 @@ class NeuralProposer:
         pair = search_pair(generation, self.n_vars, self.config, expressions, fitnesses)
         (input_ids, _), = self.tokenizer.encode_pairs([pair])
         room = Encoded(input_ids, [self.tokenizer.target_id] * (1 + self.max_new_tokens), "search")
-        fitted = fit_to_length(pair, room, self.tokenizer, self.model.config.n_positions)
+        fitted = fit_to_length(pair, room, self.tokenizer, self.task.max_length)
         if fitted is None:
             raise ValueError(f"the context alone leaves no room for {self.max_new_tokens} new tokens")
-        return fitted.input_ids + [self.tokenizer.target_id]
+        return self.task.prompt_ids(fitted)
 
     def __call__(self, generation: int, expressions: list[str], fitnesses: list[float]) -> list[str | None]:
         if self.count == 0:
@@ -178,11 +179,11 @@ class RunResult:
 
 
 def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
-            model: GPTNeo | None = None, tokenizer: SRTokenizer | None = None) -> RunResult:
+            model: GPTNeo | None = None, task: OneStepTask | None = None) -> RunResult:
     config = settings.search_config()
     proposer = None
     if method == "neural":
-        proposer = NeuralProposer(model, tokenizer, config, problem.n_vars, settings.temperature,
+        proposer = NeuralProposer(model, task, config, problem.n_vars, settings.temperature,
                                   settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
                                   count=settings.proposal_count, distinct=settings.distinct)
     start = time.perf_counter()
@@ -197,10 +198,10 @@ def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettin
 
 
 def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo,
-            tokenizer: SRTokenizer) -> list[RunResult]:
+            task: OneStepTask) -> list[RunResult]:
     """Both methods on every problem and seed."""
     tasks = [(p, m, s) for p in problems for s in range(settings.seeds) for m in METHODS]
-    return [run_one(p, m, s, settings, model, tokenizer)
+    return [run_one(p, m, s, settings, model, task)
             for p, m, s in tqdm(tasks, unit="run", desc="searching", disable=None)]
 
 

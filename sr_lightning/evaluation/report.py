@@ -24,17 +24,17 @@ from typing import Any, TextIO
 import torch
 from tqdm import tqdm
 
-from ..data.batches import Encoded, collate, fitted_pairs
+from ..data.batches import Encoded
 from ..data.format import POPULATION, Pair, population_items
 from ..data.generate import SIDECAR
 from ..data.stream import LineReport, count_lines, iter_raw_lines, parse_lines
-from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
 from ..markdown import code_cell, number
 from ..metrics import FirstTokenCounts, OneStepMetrics, TokenHistogram
 from ..model import GPTNeo
 from ..sr.expression import ExpressionError, Expr, fitness, parse
 from ..sr.primitives import Primitives
+from ..task import OneStepTask
 from ..teacher_forcing import teacher_forced
 from ..sr.problems import Problem, load_problems
 from .checkpoints import EvaluationInputError
@@ -68,8 +68,6 @@ class EvalSettings:
 
     batch_size: int = 32  # examples per teacher-forced batch and per decoding batch
     max_new_tokens: int = 128  # decoding budget per prediction
-    max_length: int | None = None  # context length; None: the model's n_positions
-    include_target_token: bool = False  # label the prediction of <TARGET> too (set as the run trained)
     chunk_size: int = 512  # examples in memory at a time
     limit: int | None = None  # evaluate only the first N lines (as validation's limit_val_batches does)
 
@@ -92,11 +90,6 @@ def _parsed(text: str) -> Expr | None:
         return parse(text)
     except ExpressionError:
         return None
-
-
-def prompt_ids(example: Encoded, tokenizer: SRTokenizer) -> list[int]:
-    """The inference prompt: the training sequence up to and including ``<TARGET>``."""
-    return example.input_ids + [tokenizer.target_id]
 
 
 class ProblemIndex:
@@ -169,12 +162,12 @@ def score_prediction(pair: Pair, prediction: str, problem: Problem | None) -> Sc
 class Evaluation:
     """Accumulates the report over chunks of pairs: `add` each chunk, then `results`."""
 
-    def __init__(self, model: GPTNeo, tokenizer: SRTokenizer, settings: EvalSettings,
+    def __init__(self, model: GPTNeo, task: OneStepTask, settings: EvalSettings,
                  problems: ProblemIndex | None = None, predictions: TextIO | None = None):
-        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        self.model, self.task, self.settings = model, task, settings
+        self.tokenizer = task.tokenizer
         self.problems = problems or ProblemIndex()
         self.predictions = predictions
-        self.max_length = settings.max_length or model.config.n_positions
         self.lines = LineReport()
         self.metrics = OneStepMetrics(model.config.vocab_size).to(self.device)
         self.first_tokens = FirstTokenCounts(model.config.vocab_size).to(self.device)
@@ -189,12 +182,12 @@ class Evaluation:
 
     def add(self, pairs: Sequence[Pair]) -> None:
         """Teacher-forced metrics and greedy predictions for one chunk."""
-        kept = fitted_pairs(pairs, self.tokenizer, self.max_length, self.lines)
+        kept = self.task.encode(pairs, self.lines)
         pairs, encoded = [pair for pair, _ in kept], [example for _, example in kept]
         bs = self.settings.batch_size
         for start in range(0, len(encoded), bs):
             self._teacher_forced(encoded[start:start + bs])
-        prompts = [prompt_ids(e, self.tokenizer) for e in encoded]
+        prompts = [self.task.prompt_ids(e) for e in encoded]
         outputs = generate(self.model, prompts, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                            max_new_tokens=self.settings.max_new_tokens, batch_size=bs)
         for pair, example, output in zip(pairs, encoded, outputs):
@@ -203,7 +196,7 @@ class Evaluation:
     @torch.inference_mode()
     def _teacher_forced(self, examples: Sequence[Encoded]) -> None:
         """Training's validation step (`teacher_forced` into `OneStepMetrics`) on one batch."""
-        batch = collate(examples, self.tokenizer.pad_id, include_target_token=self.settings.include_target_token)
+        batch = self.task.collate(examples)
         out = teacher_forced(self.model, {**batch, "input_ids": batch["input_ids"].to(self.device)})
         self.metrics.update(out)
         self.first_tokens.update(out)
@@ -257,11 +250,11 @@ def chunks(items: Iterable[Pair], size: int) -> Iterator[list[Pair]]:
         yield chunk
 
 
-def evaluate_files(model: GPTNeo, tokenizer: SRTokenizer, files: Sequence[Path], settings: EvalSettings,
+def evaluate_files(model: GPTNeo, task: OneStepTask, files: Sequence[Path], settings: EvalSettings,
                    problems: ProblemIndex | None = None,
                    predictions: TextIO | None = None) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """The report's numbers for ``files`` (the first ``settings.limit`` lines) and a few samples."""
-    evaluation = Evaluation(model, tokenizer, settings, problems, predictions)
+    evaluation = Evaluation(model, task, settings, problems, predictions)
     total = sum(count_lines(f) for f in files)
     total = min(total, settings.limit) if settings.limit else total
     pairs = read_pairs(files, evaluation.lines, settings.limit)
@@ -366,12 +359,12 @@ def write_report(report: dict[str, Any], samples: Sequence[dict[str, str]], out:
     (out / "report.md").write_text(render_markdown(report, samples))
 
 
-def build_report(model: GPTNeo, tokenizer: SRTokenizer, info: dict[str, Any], files: Sequence[Path],
+def build_report(model: GPTNeo, task: OneStepTask, info: dict[str, Any], files: Sequence[Path],
                  settings: EvalSettings, problems: ProblemIndex, out: Path) -> dict[str, Any]:
     """Evaluate, plot, judge and write ``report.json``, ``report.md``, ``predictions.jsonl`` and the plot."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.jsonl", "w", encoding="utf-8") as predictions:
-        numbers, samples = evaluate_files(model, tokenizer, files, settings, problems, predictions)
+        numbers, samples = evaluate_files(model, task, files, settings, problems, predictions)
     report: dict[str, Any] = {key: info.get(key) for key in ("checkpoint", "step", "recorded_val_loss", "best_step",
                                                           "last_step", "steps_past_best", "best_checkpoint")}
     report["data"] = [str(f) for f in files]

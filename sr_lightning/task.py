@@ -1,0 +1,48 @@
+"""The task contract: what training, evaluation and search must agree on for a number to mean the same.
+
+An example is text in one layout (`data.format`), turned into ids by one tokenizer, fitted into one
+context length, with labels on the same tokens. The LightningModule builds the contract once from
+its configuration (its tokenizer, its model's positions, ``max_length``, ``include_target_token``)
+and stores what rebuilds it in its checkpoint; LightningCLI hands it to the DataModule when both
+are instantiated (``link_arguments``); evaluation and search take it from the checkpoint. Nothing
+else loads a tokenizer or picks a length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .data.batches import Encoded, collate, fitted_pairs
+from .data.format import Pair
+from .data.stream import LineReport
+from .data.tokenizer import SRTokenizer
+
+
+@dataclass(frozen=True)
+class OneStepTask:
+    """How a one-step example becomes the model's input and labels."""
+
+    tokenizer: SRTokenizer
+    """Text to ids and back; its special tokens mark the layout's parts."""
+    max_length: int
+    """Tokens an example may fill (prompt + target); longer prompts lose population items."""
+    include_target_token: bool = False
+    """Label the prediction of ``<TARGET>`` too, as the original did (else the target and its eos only)."""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
+
+    def encode(self, pairs: Sequence[Pair], report: LineReport) -> list[tuple[Pair, Encoded]]:
+        """Each pair beside its fitted encoding; one that cannot fit is reported and left out."""
+        return fitted_pairs(pairs, self.tokenizer, self.max_length, report)
+
+    def collate(self, examples: Sequence[Encoded], pad_to_multiple: int = 1) -> dict:
+        """A batch padded to its longest example, labelled as training labels it."""
+        return collate(examples, self.tokenizer.pad_id, include_target_token=self.include_target_token,
+                       pad_to_multiple=pad_to_multiple)
+
+    def prompt_ids(self, example: Encoded) -> list[int]:
+        """What inference feeds the model: the training sequence up to and including ``<TARGET>``."""
+        return example.input_ids + [self.tokenizer.target_id]
