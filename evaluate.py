@@ -8,16 +8,19 @@ plain BasicSR on the named benchmark problems and held-out generated problems.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import ArgumentParser, Namespace
+
+from sr_lightning.commands import command_parser
+
 COMMANDS = ("report", "search")
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="a .ckpt, a run directory (its best checkpoint) or an HF GPT-Neo "
                                              "directory (default: the best checkpoint of the newest run)")
     parser.add_argument("--runs", default="runs", help="where to look for the newest run (default: runs)")
@@ -27,10 +30,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{report,search}")
-    report = commands.add_parser("report", help="metrics, findings and samples on a data file (the default)")
+def build_parser() -> ArgumentParser:
+    parser = command_parser("evaluate.py", __doc__.splitlines()[0], config_file=False)
+    commands = parser.add_subcommands(dest="command")
+    report = command_parser("evaluate.py report", "metrics, findings and samples on a data file")
     _common(report)
     report.add_argument("--data", nargs="+", help="JSONL files or globs, plain or .gz "
                                                   "(default: the run's validation files)")
@@ -40,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "validated on, so val_loss is its val/loss; 0: every line)")
     report.add_argument("--batch-size", type=int, default=32)
     report.add_argument("--max-new-tokens", type=int, default=128)
-    search = commands.add_parser("search", help="neural-guided search vs BasicSR")
+    search = command_parser("evaluate.py search", "neural-guided search vs BasicSR")
     _common(search)
     search.add_argument("--problems", type=int, default=10, help="held-out generated problems (default 10)")
     search.add_argument("--no-named", action="store_true", help="leave out the named benchmark problems")
@@ -53,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "evolved (default: all population - 1, the original's way)")
     search.add_argument("--distinct", action="store_true", help="a proposal already in the population or the "
                         "batch falls back to an evolved child")
+    commands.add_subcommand("report", report, help="metrics, findings and samples on a data file (the default)")
+    commands.add_subcommand("search", search, help="neural-guided search vs BasicSR")
     return parser
 
 
@@ -62,7 +67,7 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
-def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+def _load(args: Namespace) -> tuple[Any, Any, dict[str, Any]]:
     import torch
 
     from sr_lightning.evaluation.checkpoints import load_for_evaluation, newest_run
@@ -81,13 +86,13 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     return model, task, info
 
 
-def _out(args: argparse.Namespace, info: dict[str, Any], name: str) -> Path:
+def _out(args: Namespace, info: dict[str, Any], name: str) -> Path:
     if args.out:
         return Path(args.out)
     return Path(info["run_dir"]) / name if info.get("run_dir") else Path(name)
 
 
-def _limit(args: argparse.Namespace, info: dict[str, Any], files: list[Path]) -> int | None:
+def _limit(args: Namespace, info: dict[str, Any], files: list[Path]) -> int | None:
     """Lines to evaluate: ``--limit`` (0: all), else on the run's own validation files the lines it validated on."""
     from sr_lightning.evaluation.checkpoints import validated_lines
 
@@ -103,7 +108,7 @@ def _limit(args: argparse.Namespace, info: dict[str, Any], files: list[Path]) ->
     return limit
 
 
-def report(args: argparse.Namespace) -> None:
+def report(args: Namespace) -> None:
     from sr_lightning.data.stream import resolve_files
     from sr_lightning.evaluation.checkpoints import validation_files
     from sr_lightning.evaluation.report import EvalSettings, ProblemIndex, build_report, render_terminal
@@ -119,7 +124,7 @@ def report(args: argparse.Namespace) -> None:
           + (f", {result['plot']}" if result["plot"] else ""))
 
 
-def search(args: argparse.Namespace) -> None:
+def search(args: Namespace) -> None:
     from sr_lightning.evaluation import guided_search as gs
     from sr_lightning.evaluation.checkpoints import EvaluationInputError
 
@@ -149,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "report")
     args = build_parser().parse_args(argv)
     try:
-        (search if args.command == "search" else report)(args)
+        (search if args.command == "search" else report)(args[args.command])
     except (EvaluationInputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

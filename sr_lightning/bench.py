@@ -26,7 +26,6 @@ resident memory of the process and its DataLoader workers, sampled every 20 ms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -39,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Callback
 
+from .commands import command_parser
 from .data.batches import IGNORE
 from .data.stream import resolve_files
 from .data.tokenizer import gpt2_size_tokenizer
@@ -61,7 +62,7 @@ def tokenizer_file(spec: str | None, files: Sequence[Path]) -> str | None:
 
 
 # -- configuration ---------------------------------------------------------------------------
-def from_config(args: argparse.Namespace, files: Sequence[Path]) -> tuple[Any, Any, dict[str, Any]]:
+def from_config(args: Namespace, files: Sequence[Path]) -> tuple[Any, Any, dict[str, Any]]:
     """The module and DataModule that ``train.py fit --config CONFIG`` builds (the same parser, defaults
     and task link), with the bench's options on top, training on ``--data``; and the trainer section."""
     from .cli import TrainCLI
@@ -171,8 +172,9 @@ def explain_compile(model, batch: Batch, device: torch.device, precision: str) -
 
 
 # -- command line ----------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sr_lightning.bench", description=__doc__.split("\n\n")[0])
+def parse_args(argv: Sequence[str] | None) -> Namespace:
+    p = command_parser(prog="python -m sr_lightning.bench", description=__doc__.split("\n\n")[0],
+                       config_file=False)
     p.add_argument("--data", required=True, help="one-step JSONL (a path, a glob, plain or .gz)")
     p.add_argument("--config", help="a train.py YAML config: its model, data and trainer sections apply")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps of our path")

@@ -8,11 +8,11 @@ tools built around the original system keep working; ``--model.init_from`` and
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .commands import command_parser
 from .interop import CONFIG_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, save_hf_gpt_neo
 from .module import OneStepLM
 
@@ -39,8 +39,8 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sr_lightning.export",
-                                     description="Write a train.py checkpoint as a Hugging Face GPT-Neo directory.")
+    parser = command_parser(prog="python -m sr_lightning.export",
+                            description="Write a train.py checkpoint as a Hugging Face GPT-Neo directory.")
     parser.add_argument("checkpoint", help="a .ckpt file written by train.py")
     parser.add_argument("out_dir", help="directory to write (created if missing; files in it are replaced)")
     args = parser.parse_args(argv)

@@ -8,7 +8,6 @@ on the very batches our path consumed, with the HF Trainer's defaults here (fuse
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 
 from .data.batches import IGNORE
 from .data.tokenizer import SRTokenizer
@@ -134,7 +134,7 @@ def run_reference(ref: Reference, config, tokenizer: SRTokenizer, warmup: Sequen
     return figures
 
 
-def compare(batches: Sequence[Batch], args: argparse.Namespace, model_config, tokenizer: SRTokenizer,
+def compare(batches: Sequence[Batch], args: Namespace, model_config, tokenizer: SRTokenizer,
             device: torch.device, precision: str, ours: Figures) -> dict[str, Any]:
     """Run both references on our batches (warmup ones first) and print the ratios."""
     warmup, timed = batches[:args.warmup], batches[args.warmup:args.warmup + args.steps]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sr_lightning.data.format import context_text, dump_record, pair_from_record, population_items
-from sr_lightning.data.generate import generate_examples, main, problem_seed, records_from_trace, split_of_problems
+from sr_lightning.data.generate import generate_examples, main, dataset_problem_seed, records_from_trace, split_of_problems
 from sr_lightning.sr.expression import fitness, parse, predict
 from sr_lightning.sr.problems import ProblemConfig, generated_id, load_problems, named_problems, random_problem
 from sr_lightning.sr.search import SearchConfig, ancestors_of_best, run_search
@@ -64,7 +64,7 @@ def test_records_match_the_sidecar(tiny):
             assert f"{fitness(parse(expression), problem.X, problem.y):.5f}" == printed
     for index in range(6):
         problem = problems[generated_id(index)]
-        again = random_problem(generated_id(index), problem_seed(11, index), ProblemConfig(max_vars=3))
+        again = random_problem(generated_id(index), dataset_problem_seed(11, index), ProblemConfig(max_vars=3))
         assert problem.seed == again.seed and problem.expression == again.expression
         np.testing.assert_array_equal(problem.X, again.X)
         np.testing.assert_array_equal(problem.y, predict(parse(problem.expression), problem.X))

@@ -9,7 +9,7 @@ import pytest
 
 import evaluate
 from sr_lightning.data.format import pair_from_record, population_items
-from sr_lightning.data.generate import problem_seed, records_from_trace
+from sr_lightning.data.generate import dataset_problem_seed, records_from_trace
 from sr_lightning.evaluation.checkpoints import load_for_evaluation
 from sr_lightning.evaluation.guided_search import (
     HELD_OUT_SEED_BASE,
@@ -169,7 +169,7 @@ def test_summary_by_hand():
 def test_held_out_problems_use_seeds_no_training_problem_can_have():
     problems = held_out_problems(3)
     assert [p.seed for p in problems] == [HELD_OUT_SEED_BASE + i for i in range(3)]
-    assert max(problem_seed(s, i) for s in range(3) for i in range(200)) < HELD_OUT_SEED_BASE  # 32-bit
+    assert max(dataset_problem_seed(s, i) for s in range(3) for i in range(200)) < HELD_OUT_SEED_BASE  # 32-bit
     again = held_out_problems(3)
     assert all(np.array_equal(a.y, b.y) and a.expression == b.expression for a, b in zip(problems, again))
     assert len({p.expression_id for p in problems}) == 3

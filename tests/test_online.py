@@ -15,7 +15,7 @@ from sr_lightning.data.online import (
     draw_problem,
     heldout_index,
     main,
-    problem_seed,
+    online_problem_seed,
     training_index,
     write_heldout_set,
 )
@@ -130,16 +130,16 @@ def test_resume_continues_the_stream(tokenizer):
 
 
 def test_problem_seeds_are_injective_and_split_by_parity():
-    assert problem_seed(5, 12345, 3) == 5 * 2**80 + 3 * 2**64 + 12345
+    assert online_problem_seed(5, 12345, 3) == 5 * 2**80 + 3 * 2**64 + 12345
     # Bit 0 of the seed is bit 0 of the index: even (training) and odd (held-out) never meet.
     for base in (0, 1, 42):
-        assert problem_seed(base, training_index(7), 2) % 2 == 0
-        assert problem_seed(base, heldout_index(7), 2) % 2 == 1
-    assert len({problem_seed(b, i, a) for b in range(3) for i in range(4) for a in range(3)}) == 36
+        assert online_problem_seed(base, training_index(7), 2) % 2 == 0
+        assert online_problem_seed(base, heldout_index(7), 2) % 2 == 1
+    assert len({online_problem_seed(b, i, a) for b in range(3) for i in range(4) for a in range(3)}) == 36
     with pytest.raises(ValueError):
-        problem_seed(0, 2**64)
+        online_problem_seed(0, 2**64)
     with pytest.raises(ValueError):
-        problem_seed(0, 1, attempt=2**16)
+        online_problem_seed(0, 1, attempt=2**16)
 
 
 def test_named_functions_are_redrawn():
@@ -148,7 +148,7 @@ def test_named_functions_are_redrawn():
     rewritten = Problem(1, "p", "((x1 * x1) + (x0 * x0))", X, X[:, 0] ** 2 + X[:, 1] ** 2, 0)
     assert computes_named(rewritten, named)  # bivariate_sum, written the other way round
     assert not computes_named(Problem(1, "p", "(x0 + x1)", X, X.sum(axis=1), 0), named)
-    first_draws = {n: random_problem(generated_id(training_index(n)), problem_seed(42, training_index(n)),
+    first_draws = {n: random_problem(generated_id(training_index(n)), online_problem_seed(42, training_index(n)),
                                      TINY.problem) for n in range(300)}
     hits = [n for n, p in first_draws.items() if computes_named(p, named)]
     assert hits  # e.g. ((x0 + 1.0) * x0) + ... = x0*x0 + x0 + 1.0, the "quadratic" benchmark

@@ -14,7 +14,6 @@ them that generation g does not already hold.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,8 +25,10 @@ from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
+from jsonargparse import ArgumentParser, Namespace
 from tqdm import tqdm
 
+from sr_lightning.commands import comma_list, command_parser
 from sr_lightning.data.format import context_text, dump_record, make_record, population_text
 from sr_lightning.sr.problems import (
     GENERATED_ID_BASE,
@@ -88,7 +89,7 @@ def generate_examples(problem: Problem, config: SearchConfig = SearchConfig(), t
     yield from records_from_trace(trace, problem, targets, source_file)
 
 
-def problem_seed(seed: int, index: int) -> int:
+def dataset_problem_seed(seed: int, index: int) -> int:
     """Seed of the ``index``-th problem of a dataset generated with ``seed``."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
@@ -119,7 +120,7 @@ class Job:
 def _problem_lines(task: tuple[Job, int]) -> tuple[Problem, list[str]]:
     """The ``index``-th problem and its JSONL lines (runs in a worker process)."""
     job, index = task
-    problem = random_problem(generated_id(index), problem_seed(job.seed, index), job.problem)
+    problem = random_problem(generated_id(index), dataset_problem_seed(job.seed, index), job.problem)
     return problem, [dump_record(r) for r in generate_examples(problem, job.search, job.targets)]
 
 
@@ -160,12 +161,8 @@ def write_dataset(out: str | Path, n_problems: int, job: Job, workers: int = 1,
     return manifest
 
 
-def _ops(text: str) -> tuple[str, ...]:
-    return tuple(op for op in text.split(",") if op)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sr_lightning.data.generate", description=__doc__.split("\n")[0])
+def build_parser() -> ArgumentParser:
+    p = command_parser(prog="python -m sr_lightning.data.generate", description=__doc__.split("\n")[0])
     p.add_argument("--problems", type=int, required=True, help="number of random problems")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
@@ -178,12 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--min-vars", type=int, default=ProblemConfig.min_vars)
     p.add_argument("--max-vars", type=int, default=ProblemConfig.max_vars)
-    p.add_argument("--binary-ops", type=_ops, default=SearchConfig.binary_ops, help="comma list, e.g. '*,+,-'")
-    p.add_argument("--unary-ops", type=_ops, default=(), help="comma list, e.g. 'sin,cos' (default none)")
+    p.add_argument("--binary-ops", type=comma_list(), default=",".join(SearchConfig.binary_ops), help="comma list, e.g. '*,+,-'")
+    p.add_argument("--unary-ops", type=comma_list(), default="", help="comma list, e.g. 'sin,cos' (default none)")
     return p
 
 
-def job_from_args(args: argparse.Namespace) -> Job:
+def job_from_args(args: Namespace) -> Job:
     search = SearchConfig(population_size=args.population, generations=args.generations, max_size=args.max_size,
                           binary_ops=args.binary_ops, unary_ops=args.unary_ops)
     problem = ProblemConfig(min_vars=args.min_vars, max_vars=args.max_vars, binary_ops=args.binary_ops,

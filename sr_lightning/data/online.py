@@ -3,7 +3,7 @@
 A `BatchStream`, like `OneStepBatches`: the same batch dicts, so the LightningModule and the
 DataModule's position tracking work unchanged; the stream's whole state is (epoch, start batch).
 
-Problem identity. Problem ``index`` is ``random_problem(generated_id(index), problem_seed(base,
+Problem identity. Problem ``index`` is ``random_problem(generated_id(index), online_problem_seed(base,
 index, attempt))``; training uses even indices only and the held-out set odd ones, so the two
 share neither an expression id nor a seed (bit 0 of the seed is bit 0 of the index), whatever
 their base seeds. ``attempt`` counts redraws of problems that compute a named benchmark's
@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jsonargparse import ArgumentParser
 from torch.utils.data import DataLoader
 
+from ..commands import comma_list, command_parser
 from ..sr.expression import parse, predict
 from ..sr.problems import Problem, ProblemConfig, ProblemsWriter, generated_id, named_problems, random_problem
 from ..sr.search import SearchConfig
@@ -143,7 +145,7 @@ class OnlineSettings:
 # ------------------------------------------------------------------------------ problems
 
 
-def problem_seed(base: int, index: int, attempt: int = 0) -> int:
+def online_problem_seed(base: int, index: int, attempt: int = 0) -> int:
     """An injective seed (distinct arguments, distinct ints): ``base | attempt | index`` bit fields."""
     if base < 0 or not 0 <= index < 1 << _INDEX_BITS or not 0 <= attempt < MAX_ATTEMPTS:
         raise ValueError(f"seed fields out of range: base {base}, index {index}, attempt {attempt}")
@@ -172,7 +174,7 @@ def computes_named(problem: Problem, named: Sequence[Problem]) -> bool:
 def draw_problem(index: int, base_seed: int, settings: OnlineSettings, named: Sequence[Problem] = ()) -> Problem:
     """Problem ``index``: its first draw that computes none of ``named`` (deterministic)."""
     for attempt in range(MAX_ATTEMPTS):
-        problem = random_problem(generated_id(index), problem_seed(base_seed, index, attempt), settings.problem)
+        problem = random_problem(generated_id(index), online_problem_seed(base_seed, index, attempt), settings.problem)
         if not computes_named(problem, named):
             return problem
     raise RuntimeError(f"problem {index}: every draw computes a named benchmark")
@@ -292,22 +294,21 @@ def write_heldout_set(out_dir: str | Path, settings: OnlineSettings) -> dict:
 # ------------------------------------------------------------------------------ benchmark CLI
 
 
-def _add_setting(parser: argparse.ArgumentParser, name: str, default: object) -> None:
+def _add_setting(parser: ArgumentParser, name: str, default: object) -> None:
     """One ``--flag`` per `OnlineSettings` field, typed by its default (tuples as comma lists)."""
     flag = f"--{name.replace('_', '-')}"
     if isinstance(default, bool):
         parser.add_argument(flag, dest=name, default=default, action=argparse.BooleanOptionalAction)
     elif isinstance(default, tuple):
         item = type(default[0]) if default else str
-        parser.add_argument(flag, dest=name, default=default,
-                            type=lambda text: tuple(item(x) for x in text.split(",") if x))
+        parser.add_argument(flag, dest=name, default=",".join(map(str, default)), type=comma_list(item))
     else:
         parser.add_argument(flag, dest=name, default=default, type=type(default))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sr_lightning.data.online",
-                                description="Measure online examples/s, or write the held-out set.")
+def build_parser() -> ArgumentParser:
+    p = command_parser(prog="python -m sr_lightning.data.online",
+                       description="Measure online examples/s, or write the held-out set.")
     p.add_argument("--bench", action="store_true", help="measure examples/s (one process, then --workers)")
     p.add_argument("--heldout", metavar="DIR", help="write the held-out validation set into DIR")
     p.add_argument("--chunks", type=int, default=1, help="reuse_stride * batches_per_problem batches each")

@@ -9,7 +9,6 @@ hold for any text.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from ..commands import command_parser
 from .format import EOS, SPECIAL_TOKENS, TARGET, BadRecord, Pair
 from .stream import LineReport, cache_dir, iter_raw_lines, parse_line
 
@@ -206,7 +206,7 @@ def compare(train_texts: Sequence[str], eval_texts: Sequence[str], domain: Token
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Build the domain tokenizer from one-step JSONL, or compare it with a GPT-2-size BPE."""
-    parser = argparse.ArgumentParser(prog="python -m sr_lightning.data.tokenizer", description=main.__doc__)
+    parser = command_parser(prog="python -m sr_lightning.data.tokenizer", description=main.__doc__)
     parser.add_argument("command", choices=("build", "compare"))
     parser.add_argument("data", nargs="+", help="one-step JSONL files (training texts)")
     parser.add_argument("--eval", nargs="*", default=[], help="JSONL files to count tokens on (compare)")

@@ -8,7 +8,6 @@ produced identical outputs.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..commands import command_parser
 from ..data.stream import LineReport, resolve_files
 from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
@@ -67,8 +67,8 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sr_lightning.evaluation.decode_bench",
-                                     description=__doc__.splitlines()[0])
+    parser = command_parser(prog="python -m sr_lightning.evaluation.decode_bench",
+                            description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="a .ckpt, a run directory or an HF directory (default: newest run)")
     parser.add_argument("--data", nargs="+", help="JSONL files or globs (default: the run's validation files)")
     parser.add_argument("--tokenizer", help="tokenizer file (HF directories without tokenizer.json)")
