@@ -76,9 +76,6 @@ class LineReport:
             self.examples.append(message)
             log.warning("skipped bad input line %s", message)
 
-    def merge(self, counts: dict[str, int]) -> None:
-        self.counts.update(counts)
-
     @property
     def total(self) -> int:
         return sum(self.counts.values())

@@ -215,12 +215,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name(DOMAIN_TOKENIZER_FILE)))
     args = parser.parse_args(argv)
     texts = _texts_from_jsonl(args.data, args.limit)
+    if not texts:
+        parser.error(f"no examples in {', '.join(args.data)}")
     if args.command == "build":
         tokenizer = train_domain_tokenizer(texts, args.vocab_size)
         tokenizer.save(args.out)
         print(f"wrote {args.out}: {tokenizer.get_vocab_size()} entries from {len(texts)} examples")
         return
     eval_texts = _texts_from_jsonl(args.eval, args.limit) if args.eval else texts
+    if not eval_texts:
+        parser.error(f"no examples in {', '.join(args.eval)}")
     figures = compare(texts, eval_texts, SRTokenizer.default().tokenizer)
     print(json.dumps(figures, indent=2))
 

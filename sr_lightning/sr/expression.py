@@ -74,7 +74,6 @@ UNARY_FUNCS: dict[str, Callable] = {
     "pow2": lambda z: z * z,  # the original's names for square and cube
     "pow3": lambda z: z * z * z,
 }
-UNARY_OPS: tuple[str, ...] = tuple(UNARY_FUNCS)
 
 
 class ExpressionError(ValueError):
