@@ -37,8 +37,9 @@ def build_parser() -> ArgumentParser:
     _common(report)
     report.add_argument("--data", nargs="+", help="JSONL files or globs, plain or .gz "
                                                   "(default: the run's validation files)")
-    report.add_argument("--problems", help="problems file with X/y per expression id (default: the file each "
-                                           "record's metadata names, or problems.json, beside the data)")
+    report.add_argument("--problems", help="points file with X/y per expression id: JSON, NPZ or the original's "
+                                           "gzipped pickle (default: the file each record's metadata names, or "
+                                           "problems.json, beside the data; X_data/y_data in a record come first)")
     report.add_argument("--limit", type=int, help="evaluate only the first N lines (default: the lines the run "
                                                   "validated on, so val_loss is its val/loss; 0: every line)")
     report.add_argument("--batch-size", type=int, default=32)
@@ -111,7 +112,8 @@ def _limit(args: Namespace, info: dict[str, Any], files: list[Path]) -> int | No
 def report(args: Namespace) -> None:
     from sr_lightning.data.stream import resolve_files
     from sr_lightning.evaluation.checkpoints import validation_files
-    from sr_lightning.evaluation.report import EvalSettings, ProblemIndex, build_report, render_terminal
+    from sr_lightning.data.points import ProblemIndex
+    from sr_lightning.evaluation.report import EvalSettings, build_report, render_terminal
 
     model, task, info = _load(args)
     files = resolve_files(args.data or validation_files(info))
@@ -147,6 +149,7 @@ def search(args: Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; missing or unreadable inputs print one ``error:`` line and return 2."""
+    from sr_lightning.data.points import PointsFileError
     from sr_lightning.evaluation.checkpoints import EvaluationInputError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         (search if args.command == "search" else report)(args[args.command])
-    except (EvaluationInputError, OSError) as error:
+    except (EvaluationInputError, PointsFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import evaluate
 from sr_lightning.data.format import Pair, pair_from_record
+from sr_lightning.data.points import PointsFileError, ProblemIndex
 from sr_lightning.data.stream import LineReport
 from sr_lightning.evaluation.checkpoints import (
     EvaluationInputError,
@@ -28,7 +29,6 @@ from sr_lightning.evaluation.report import (
     REPORT_NAMES,
     EvalSettings,
     Evaluation,
-    ProblemIndex,
     build_report,
     findings,
     score_prediction,
@@ -322,7 +322,7 @@ def test_problem_index_finds_the_sidecar_a_record_names_or_problems_json(tiny_ru
     assert ProblemIndex().lookup(pair_from_record(record, f"{tmp_path / 'x.jsonl'}:1")).name == "bivariate_sum"
     assert ProblemIndex().lookup(pair_from_record(record, f"{tmp_path / 'sub' / 'x.jsonl'}:1")) is None
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(EvaluationInputError, match="bad.json"):
+    with pytest.raises(PointsFileError, match="bad.json"):
         ProblemIndex(tmp_path / "bad.json")
 
 

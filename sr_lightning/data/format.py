@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 EOS = "<|endoftext|>"
 CONTEXT = "<CONTEXT>"
@@ -102,6 +102,8 @@ class Pair:
     expression_id: int | None = None
     metadata: dict | None = None
     source: str = ""
+    inline_points: tuple[list, list] | None = None
+    """``(X_data, y_data)`` when the record carries its points itself (the original's direct format)."""
 
     @property
     def input_text(self) -> str:
@@ -126,8 +128,7 @@ class Pair:
 
     def with_population(self, population: str) -> Pair:
         """The same pair with a shorter population (used to fit the context length)."""
-        return Pair(self.target, self.context, population, self.prompt, self.expression_id,
-                    self.metadata, self.source)
+        return replace(self, population=population)
 
 
 def _require_string(obj: dict, key: str) -> str:
@@ -152,8 +153,19 @@ def pair_from_record(obj: object, source: str = "") -> Pair:
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise BadRecord(f"field 'metadata' is {type(metadata).__name__}, not an object")
+    points = _inline_points(obj)
     if "prompt" in obj and "context" not in obj and "population" not in obj:
         return Pair(target, prompt=_require_string(obj, "prompt"), expression_id=expression_id,
-                    metadata=metadata, source=source)
+                    metadata=metadata, source=source, inline_points=points)
     return Pair(target, _require_string(obj, "context"), _require_string(obj, "population"),
-                expression_id=expression_id, metadata=metadata, source=source)
+                expression_id=expression_id, metadata=metadata, source=source, inline_points=points)
+
+
+def _inline_points(obj: dict) -> tuple[list, list] | None:
+    """``(X_data, y_data)`` of a record that carries both as lists; one without the other is bad input."""
+    if "X_data" not in obj and "y_data" not in obj:
+        return None
+    X, y = obj.get("X_data"), obj.get("y_data")
+    if not isinstance(X, list) or not isinstance(y, list):
+        raise BadRecord("fields 'X_data' and 'y_data' must both be lists")
+    return X, y

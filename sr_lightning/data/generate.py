@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from sr_lightning.commands import comma_list, command_parser
 from sr_lightning.data.format import context_text, dump_record, make_record, population_text
+from sr_lightning.data.points import SIDECAR
 from sr_lightning.sr.problems import (
     GENERATED_ID_BASE,
     Problem,
@@ -40,7 +41,6 @@ from sr_lightning.sr.problems import (
 )
 from sr_lightning.sr.search import Seed, SearchConfig, Trace, ancestors_of_best, run_search
 
-SIDECAR = "problems.json"
 SPLITS = ("train", "val", "test")
 TARGETS = ("all", "ancestors", "new-ancestors")
 _SEARCH_STREAM = 1  # seeds the search of a problem apart from the draw of the problem itself

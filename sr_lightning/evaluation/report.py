@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ..data.batches import Encoded
 from ..data.format import POPULATION, Pair, population_items
-from ..data.generate import SIDECAR
+from ..data.points import ProblemIndex
 from ..data.stream import LineReport, count_lines, iter_raw_lines, parse_lines
 from ..decoding import generate
 from ..markdown import code_cell, number
@@ -36,7 +36,7 @@ from ..sr.expression import ExpressionError, Expr, fitness, parse
 from ..sr.primitives import Primitives
 from ..task import OneStepTask
 from ..teacher_forcing import teacher_forced
-from ..sr.problems import Problem, load_problems
+from ..sr.problems import Problem
 from .checkpoints import EvaluationInputError
 from .curves import plot_validation_curves
 
@@ -90,44 +90,6 @@ def _parsed(text: str) -> Expr | None:
         return parse(text)
     except ExpressionError:
         return None
-
-
-class ProblemIndex:
-    """The problem (X, y) behind an example, for fitness gains.
-
-    ``explicit`` (``--problems FILE``) serves every example. Otherwise an example's sidecar is
-    the file its ``metadata.source_expressions_file`` names (the original system's files name
-    theirs, e.g. ``original_sample_problems.json``), else ``problems.json``, in its data file's
-    directory. Sidecars are read once, when first needed.
-    """
-
-    def __init__(self, explicit: str | Path | None = None):
-        self.explicit = self._read(Path(explicit)) if explicit else None
-        self.sidecars: dict[tuple[Path, ...], dict[int, Problem]] = {}
-
-    def lookup(self, pair: Pair) -> Problem | None:
-        if pair.expression_id is None:
-            return None
-        problems = self.explicit if self.explicit is not None else self._sidecar(pair)
-        return problems.get(pair.expression_id)
-
-    def _sidecar(self, pair: Pair) -> dict[int, Problem]:
-        directory = Path(pair.source.rpartition(":")[0]).parent
-        named = (pair.metadata or {}).get("source_expressions_file")
-        names = [named, Path(named).name] if isinstance(named, str) and named else []
-        candidates = tuple(dict.fromkeys(directory / name for name in [*names, SIDECAR]))
-        if candidates not in self.sidecars:
-            found = next((c for c in candidates if c.is_file()), None)
-            self.sidecars[candidates] = self._read(found) if found else {}
-        return self.sidecars[candidates]
-
-    @staticmethod
-    def _read(path: Path) -> dict[int, Problem]:
-        try:
-            return load_problems(path)
-        except (OSError, ValueError, KeyError) as error:
-            raise EvaluationInputError(f"{path}: not a readable problems file "
-                                       f"({type(error).__name__}: {error})") from error
 
 
 # -- one prediction -------------------------------------------------------------------------
