@@ -15,8 +15,11 @@ from sr_lightning.model import GPTNeo
 def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: int,
              max_new_tokens: int = 96, temperature: float = 0.0, top_k: int | None = None,
              generator: torch.Generator | None = None, use_cache: bool = True,
-             batch_size: int | None = None) -> list[list[int]]:
+             batch_size: int | None = None, prefixes: torch.Tensor | None = None) -> list[list[int]]:
     """Each prompt's new tokens, up to (not including) `eos_id`.
+
+    `prefixes` [N, P, H]: a point embedder's vectors for each prompt, read before it (computed once:
+    the cache keeps them).
 
     temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted
     to the `top_k` most likely tokens when given. With `batch_size`, prompts are decoded in
@@ -37,8 +40,9 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
         with torch.inference_mode():
             for start in range(0, len(order), size):
                 chunk = order[start:start + size]
+                prefix = None if prefixes is None else prefixes[chunk]
                 outputs = _generate_batch(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens,
-                                          temperature, top_k, generator, use_cache)
+                                          temperature, top_k, generator, use_cache, prefix)
                 for i, out in zip(chunk, outputs):
                     results[i] = out
     finally:
@@ -49,20 +53,24 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
 
 def _generate_batch(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
                     temperature: float, top_k: int | None, generator: torch.Generator | None,
-                    use_cache: bool) -> list[list[int]]:
+                    use_cache: bool, prefix: torch.Tensor | None = None) -> list[list[int]]:
+    """Layout per row: [prefix][left pads][prompt]; pads are masked and positions skip them."""
     device = model.wte.weight.device
-    width = max(len(p) for p in prompts)
+    p = 0 if prefix is None else prefix.shape[1]
+    width = p + max(len(prompt) for prompt in prompts)
     if width > model.config.n_positions:
-        raise ValueError(f"prompt of {width} tokens exceeds the model's {model.config.n_positions} positions")
+        raise ValueError(f"prompt of {width} positions exceeds the model's {model.config.n_positions}")
     steps = min(max_new_tokens, model.config.n_positions - width)
     ids, mask = _left_pad(prompts, pad_id, device)
+    mask = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    prefix = None if prefix is None else prefix.to(device)
     cache = model.new_kv_cache(len(prompts), width + steps) if use_cache else None
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     new_tokens = []
-    step_ids, step_positions = ids, positions
+    step_ids, step_positions, step_prefix = ids, positions, prefix
     for _ in range(steps):
-        hidden = model(step_ids, position_ids=step_positions, attention_mask=mask, kv_cache=cache)
+        hidden = model(step_ids, position_ids=step_positions, attention_mask=mask, kv_cache=cache, prefix=step_prefix)
         token = _pick(model.lm_head(hidden[:, -1]), temperature, top_k, generator)
         token = token.masked_fill(finished, pad_id)
         new_tokens.append(token)
@@ -73,8 +81,8 @@ def _generate_batch(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id
         ids = torch.cat([ids, token], dim=1)
         positions = torch.cat([positions, next_position], dim=1)
         mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
-        # With a cache only the new token goes in; without one, the whole sequence again.
-        step_ids, step_positions = (token, next_position) if use_cache else (ids, positions)
+        # With a cache only the new token goes in; without one, the whole sequence (and prefix) again.
+        step_ids, step_positions, step_prefix = (token, next_position, None) if use_cache else (ids, positions, prefix)
     if not new_tokens:
         return [[] for _ in prompts]
     return [_until_eos(row, eos_id) for row in torch.stack(new_tokens, dim=1).tolist()]

@@ -231,24 +231,33 @@ class GPTNeo(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, output_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states [B, T, H] after the final LayerNorm.
+                attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
+                output_mask: torch.Tensor | None = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states [B, T, H] of the tokens, after the final LayerNorm.
 
-        `position_ids` default to 0..T-1 (continuing after the cache's prefix).
-        `attention_mask` (bool, True = real token) is only needed for LEFT padding; it covers
-        every key, i.e. [B, cache.length + T] when a cache is given. Right padding needs no
-        mask: causal attention already keeps real tokens from seeing the pads after them.
+        `prefix` [B, P, H] (a point embedder's vectors) goes before the tokens, as the original's
+        ``inputs_embeds``: it takes positions 0..P-1 and the tokens P..; no hidden state of it is
+        returned. Everything below counts the prefix as positions like any token.
+        `position_ids` default to 0..P+T-1 (continuing after what the cache holds).
+        `attention_mask` (bool, True = real) is only needed for LEFT padding; it covers every key,
+        i.e. [B, cache.length + P + T] with a cache. Right padding needs no mask: causal attention
+        already keeps real tokens from seeing the pads after them.
         `output_mask` (bool [B, T], training): return only ``hidden[output_mask]``, [N, H]; the
         last block then computes queries, attention rows and MLP for those positions alone.
         """
         if output_mask is not None and (kv_cache is not None or attention_mask is not None):
             raise ValueError("output_mask is for training: it takes no kv_cache and no attention_mask")
         past = kv_cache.length if kv_cache is not None else 0
-        t = input_ids.shape[1]
+        embeds = self.wte(input_ids)
+        p = 0 if prefix is None else prefix.shape[1]
+        if prefix is not None:
+            embeds = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+            if output_mask is not None:
+                output_mask = torch.cat([output_mask.new_zeros(output_mask.shape[0], p), output_mask], dim=1)
+        t = embeds.shape[1]
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device).unsqueeze(0)
-        x = self.drop(self.wte(input_ids) + self.wpe(position_ids))
+        x = self.drop(embeds + self.wpe(position_ids))
         mask = None
         if attention_mask is not None or kv_cache is not None:
             mask = _attention_mask(attention_mask, past, t, input_ids.device)
@@ -262,7 +271,7 @@ class GPTNeo(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(t)
         hidden = self.ln_f(x)
-        return hidden if output_mask is None else hidden[output_mask]
+        return hidden[:, p:] if output_mask is None else hidden[output_mask]
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over the vocabulary; the output matrix is the (tied) token embedding."""

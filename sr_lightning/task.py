@@ -11,10 +11,11 @@ else loads a tokenizer or picks a length.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .data.batches import Encoded, collate, fitted_pairs
-from .data.format import Pair
+from .data.format import BadRecord, Pair
+from .data.points import ProblemIndex, points_batch
 from .data.stream import LineReport
 from .data.tokenizer import SRTokenizer
 
@@ -29,19 +30,38 @@ class OneStepTask:
     """Tokens an example may fill (prompt + target); longer prompts lose population items."""
     include_target_token: bool = False
     """Label the prediction of ``<TARGET>`` too, as the original did (else the target and its eos only)."""
+    max_points: int = 0
+    """Points of its problem each example brings to the model (the first ones); 0: the model reads none."""
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
 
-    def encode(self, pairs: Sequence[Pair], report: LineReport) -> list[tuple[Pair, Encoded]]:
-        """Each pair beside its fitted encoding; one that cannot fit is reported and left out."""
-        return fitted_pairs(pairs, self.tokenizer, self.max_length, report)
+    def encode(self, pairs: Sequence[Pair], report: LineReport,
+               problems: ProblemIndex | None = None) -> list[tuple[Pair, Encoded]]:
+        """Each pair beside its fitted encoding (with its points when the model reads them); a pair that
+        cannot fit, or whose points cannot be found, is reported and left out."""
+        if not self.max_points:
+            return fitted_pairs(pairs, self.tokenizer, self.max_length, report)
+        if problems is None:
+            raise ValueError("this model reads each problem's points: give encode() a ProblemIndex")
+        found = {}
+        for pair in pairs:
+            try:
+                found[id(pair)] = problems.find(pair)
+            except BadRecord as error:
+                report.skip(pair.source, str(error))
+        usable = [pair for pair in pairs if id(pair) in found]
+        return [(pair, replace(example, points=found[id(pair)]))
+                for pair, example in fitted_pairs(usable, self.tokenizer, self.max_length, report)]
 
     def collate(self, examples: Sequence[Encoded], pad_to_multiple: int = 1) -> dict:
-        """A batch padded to its longest example, labelled as training labels it."""
-        return collate(examples, self.tokenizer.pad_id, include_target_token=self.include_target_token,
-                       pad_to_multiple=pad_to_multiple)
+        """A batch padded to its longest example, labelled as training labels it, with its points if any."""
+        batch = collate(examples, self.tokenizer.pad_id, include_target_token=self.include_target_token,
+                        pad_to_multiple=pad_to_multiple)
+        if self.max_points:
+            batch.update(points_batch([example.points for example in examples], self.max_points))
+        return batch
 
     def prompt_ids(self, example: Encoded) -> list[int]:
         """What inference feeds the model: the training sequence up to and including ``<TARGET>``."""

@@ -137,7 +137,7 @@ class ScriptedModel(GPTNeo):
             table[current, following] = 100.0
         self.register_buffer("table", table)
 
-    def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache=None):
+    def forward(self, input_ids, position_ids=None, attention_mask=None, kv_cache=None, prefix=None):
         return F.one_hot(input_ids, self.config.vocab_size).float()
 
     def lm_head(self, hidden):

@@ -9,10 +9,11 @@ everywhere except the target, so the LM head can run on ``hidden[labels != -100]
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from ..sr.problems import Problem
 from .format import FITNESS, Pair, population_items
 from .stream import LineReport
 from .tokenizer import SRTokenizer
@@ -28,6 +29,8 @@ class Encoded:
     target_ids: list[int]
     source: str
     truncated: bool = False
+    points: Problem | None = None
+    """The problem whose points the model reads with this example (None when it reads none)."""
 
 
 def _drop_population_items(pair: Pair, keep: int) -> Pair:
@@ -49,13 +52,12 @@ def fit_to_length(pair: Pair, encoded: Encoded, tokenizer: SRTokenizer, max_leng
     while keep > 0:
         overflow = len(encoded.input_ids) + len(encoded.target_ids) - max_length
         if overflow <= 0:
-            return Encoded(encoded.input_ids, encoded.target_ids, encoded.source, truncated=True)
+            return replace(encoded, truncated=True)
         per_item = max(1, len(encoded.input_ids) // (keep + 1))
         keep = max(0, keep - max(1, overflow // per_item))
-        encoded = Encoded(tokenizer.encode(_drop_population_items(pair, keep).input_text),
-                          encoded.target_ids, encoded.source)
+        encoded = replace(encoded, input_ids=tokenizer.encode(_drop_population_items(pair, keep).input_text))
     fits = len(encoded.input_ids) + len(encoded.target_ids) <= max_length
-    return Encoded(encoded.input_ids, encoded.target_ids, encoded.source, truncated=True) if fits else None
+    return replace(encoded, truncated=True) if fits else None
 
 
 def fitted_pairs(pairs: Sequence[Pair], tokenizer: SRTokenizer, max_length: int,

@@ -19,6 +19,7 @@ import lightning as L
 from ..task import OneStepTask
 from .dataset import BatchStream, EpochLoader, OneStepBatches, StreamSettings
 from .online import HELDOUT_FILE, OnlineBatches, OnlineSettings, write_heldout_set
+from .points import ProblemIndex
 from .stream import FileSpec, cache_dir, resolve_files
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class OneStepDataModule(L.LightningDataModule):
         source: ``files`` (JSONL) or ``online``: training problems generated in the workers, validated
             on a fixed held-out set (written once into ``default_data_dir``) unless ``val_files`` is set.
         online: The online generator's settings (``--data.online.examples_per_problem 16`` ...).
+        points_file: A points file for every example (JSON, NPZ or pickle by expression id) when the model
+            reads points; else each file's own (``metadata.source_expressions_file`` or ``problems.json``).
         task: The model's `OneStepTask` (tokenizer, context length, labels): ``train.py`` links it from
             the LightningModule; in code pass ``task=module.task``.
     """
@@ -73,6 +76,7 @@ class OneStepDataModule(L.LightningDataModule):
         default_targets: str = "ancestors",
         source: Literal["files", "online"] = "files",
         online: OnlineSettings = OnlineSettings(),
+        points_file: str | None = None,
         task: OneStepTask | None = None,
     ):
         super().__init__()
@@ -157,7 +161,8 @@ class OneStepDataModule(L.LightningDataModule):
                 continue
             train = split == "train"
             settings = self._settings(train, self.hparams.batch_size if train else val_batch)
-            self.datasets[split] = OneStepBatches(files, self.task, settings, rank, world)
+            problems = ProblemIndex(self.hparams.points_file) if self.task.max_points else None
+            self.datasets[split] = OneStepBatches(files, self.task, settings, rank, world, problems)
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError("no training data: set --data.train_files (a path, glob or list)")
 

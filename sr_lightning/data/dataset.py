@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..task import OneStepTask
 
 from .format import Pair
+from .points import ProblemIndex
 from .stream import LineReport, count_lines, iter_raw_lines, parse_lines, shuffled
 
 
@@ -55,8 +56,10 @@ class BatchStream(IterableDataset):
     A subclass says how batch ``index`` is made (`_worker_batches`) and how many there are.
     """
 
-    def __init__(self, task: OneStepTask, settings: StreamSettings, rank: int = 0, world_size: int = 1):
+    def __init__(self, task: OneStepTask, settings: StreamSettings, rank: int = 0, world_size: int = 1,
+                 problems: ProblemIndex | None = None):
         self.task = task
+        self.problems = problems  # where each example's points are found, when the model reads them
         self.settings = settings
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -73,8 +76,8 @@ class BatchStream(IterableDataset):
         """``(index, batch)`` for the batches of this epoch, from ``start``, that ``worker`` builds."""
         raise NotImplementedError
 
-    def _collate(self, pairs: Sequence[Pair], report: LineReport) -> dict:
-        examples = [example for _, example in self.task.encode(pairs, report)]
+    def _collate(self, pairs: Sequence[Pair], report: LineReport, problems: ProblemIndex | None = None) -> dict:
+        examples = [example for _, example in self.task.encode(pairs, report, problems or self.problems)]
         return self.task.collate(examples, self.settings.pad_to_multiple)
 
     def __iter__(self) -> Iterator[dict]:
@@ -92,8 +95,8 @@ class OneStepBatches(BatchStream):
     """Padded batches of one-step examples from JSONL files (see the module docstring)."""
 
     def __init__(self, files: Sequence[Path], task: OneStepTask, settings: StreamSettings,
-                 rank: int = 0, world_size: int = 1):
-        super().__init__(task, settings, rank, world_size)
+                 rank: int = 0, world_size: int = 1, problems: ProblemIndex | None = None):
+        super().__init__(task, settings, rank, world_size, problems)
         self.files = list(files)
         self.total_lines = sum(count_lines(f) for f in self.files)
 

@@ -50,6 +50,7 @@ from ..sr.search import SearchConfig
 from ..task import OneStepTask
 from .dataset import BatchStream, StreamSettings
 from .format import dump_record, pair_from_record
+from .points import ProblemIndex
 from .generate import SIDECAR, TARGETS, generate_examples
 from .stream import LineReport
 from .tokenizer import SRTokenizer
@@ -207,6 +208,7 @@ class OnlineBatches(BatchStream):
                  rank: int = 0, world_size: int = 1):
         super().__init__(task, settings, rank, world_size)
         self.online = online
+        self.family_problems: dict[int, dict[int, Problem]] = {}  # the points of the families in use
         self.named = list(named_problems().values()) if online.exclude_named else []
 
     @property
@@ -232,8 +234,10 @@ class OnlineBatches(BatchStream):
         wanted = group * size
         rng = np.random.default_rng([self.settings.seed, family])
         pool: list[dict] = []
+        problems = self.family_problems.setdefault(family, {})
         for number in range(family * wanted, (family + 1) * wanted):
             problem = draw_problem(training_index(number), self.settings.seed, self.online, self.named)
+            problems[problem.expression_id] = problem
             share = min(group * self.online.examples_per_problem, wanted - len(pool))
             pool += sample_records(trace_records(problem, self.online), share, rng)
             if len(pool) == wanted:
@@ -247,17 +251,20 @@ class OnlineBatches(BatchStream):
         if family not in cache:
             cache[family] = self.family_records(family)
             if len(cache) > self.online.reuse_stride:
-                cache.popitem(last=False)
+                evicted, _ = cache.popitem(last=False)
+                self.family_problems.pop(evicted, None)
         cache.move_to_end(family)
         return cache[family][member]
 
-    def _make_batch(self, records: list[dict], report: LineReport) -> dict:
-        return self._collate([pair_from_record(r, record_source(r)) for r in records], report)
+    def _make_batch(self, records: list[dict], report: LineReport, family: int | None = None) -> dict:
+        problems = ProblemIndex.of(self.family_problems.get(family, {})) if self.task.max_points else None
+        return self._collate([pair_from_record(r, record_source(r)) for r in records], report, problems)
 
     def _worker_batches(self, worker: int, workers: int, report: LineReport) -> Iterator[tuple[int, dict]]:
         cache: OrderedDict = OrderedDict()
         for index in range(self.start + worker, len(self), workers):
-            yield index, self._make_batch(self.batch_records(self.epoch, index, cache), report)
+            records = self.batch_records(self.epoch, index, cache)
+            yield index, self._make_batch(records, report, self.family_of(self.epoch, index)[0])
 
 
 # ------------------------------------------------------------------------------ held-out set

@@ -20,10 +20,12 @@ import gzip
 import io
 import json
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..sr.problems import Problem
 from .format import BadRecord, Pair
@@ -123,6 +125,13 @@ class ProblemIndex:
         self.explicit = read_points_file(points_file) if points_file else None
         self.files: dict[tuple[Path, ...], dict[int, Problem]] = {}
 
+    @classmethod
+    def of(cls, problems: dict[int, Problem]) -> ProblemIndex:
+        """An index over problems already in memory (the online source's, the search's)."""
+        index = cls()
+        index.explicit = problems
+        return index
+
     def find(self, pair: Pair) -> Problem:
         """The example's problem, checked; `BadRecord` (a reason to skip and count) when there is none."""
         if pair.inline_points is not None:
@@ -152,3 +161,18 @@ class ProblemIndex:
             found = next((c for c in candidates if c.is_file()), None)
             self.files[candidates] = read_points_file(found) if found else {}
         return self.files[candidates]
+
+
+def points_batch(problems: Sequence[Problem], max_points: int) -> dict[str, torch.Tensor]:
+    """The points of a batch: ``points_X`` [B, n, d] and ``points_y`` [B, n] zero-padded to the batch's
+    most points (at most ``max_points``, the first ones) and variables, ``points_mask`` [B, n] the real ones."""
+    n = max((min(len(p.y), max_points) for p in problems), default=1)
+    d = max((p.X.shape[1] for p in problems), default=1)
+    X, y = torch.zeros(len(problems), n, d), torch.zeros(len(problems), n)
+    mask = torch.zeros(len(problems), n, dtype=torch.bool)
+    for row, problem in enumerate(problems):
+        count = min(len(problem.y), max_points)
+        X[row, :count, :problem.X.shape[1]] = torch.from_numpy(problem.X[:count]).float()
+        y[row, :count] = torch.from_numpy(problem.y[:count]).float()
+        mask[row, :count] = True
+    return {"points_X": X, "points_y": y, "points_mask": mask}
