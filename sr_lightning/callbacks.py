@@ -40,6 +40,7 @@ class SampleTable(L.Callback):
         self.n_samples, self.max_new_tokens, self.prompt_tail_chars = n_samples, max_new_tokens, prompt_tail_chars
         self.prompts: list[list[int]] = []
         self.targets: list[list[int]] = []
+        self.prefixes: list[torch.Tensor] = []  # each sample's point prefix, for a model that reads points
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         """Keep the first example of every ``stride``-th batch: samples spread over the whole set."""
@@ -48,7 +49,10 @@ class SampleTable(L.Callback):
             return
         ids, positions, labels = batch["input_ids"].cpu(), batch["target_positions"].cpu(), batch["labels"].cpu()
         eos = pl_module.tokenizer.eos_id
+        prefix = pl_module.model.point_prefix(batch)
         for row in range(min(batch["n_examples"], 1)):
+            if prefix is not None:
+                self.prefixes.append(prefix[row])
             start = int(positions[row])
             end = int((labels[row] != -100).nonzero().max()) + 1  # the closing eos position
             self.prompts.append(ids[row, : start + 1].tolist())
@@ -59,8 +63,9 @@ class SampleTable(L.Callback):
         if trainer.sanity_checking or not self.prompts or writer is None or not trainer.is_global_zero:
             return
         tokenizer = pl_module.tokenizer
+        prefixes = torch.stack(self.prefixes) if self.prefixes else None
         predictions = generate(pl_module.model, self.prompts, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                               max_new_tokens=self.max_new_tokens)
+                               max_new_tokens=self.max_new_tokens, prefixes=prefixes)
         writer.add_text("samples", self.markdown(tokenizer, predictions), trainer.global_step)
 
     def markdown(self, tokenizer, predictions: list[list[int]]) -> str:

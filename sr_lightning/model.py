@@ -19,6 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu_dropout import Dropout, cpu_dropout, dropout_attention, dropout_multiplier, mask_seed
+from .embedders import E2EPointEmbedder, SetPointEmbedder
+
+EMBEDDERS = ("none", "e2e", "set")
 
 PRESETS: dict[str, dict[str, int]] = {
     # CPU-sized model for smoke runs and tests.
@@ -54,8 +57,17 @@ class ModelConfig:
     """Dropout on each block's attention and MLP outputs before the residual add."""
     layer_norm_eps: float = 1e-5
     """LayerNorm epsilon."""
+    input_embedder: str = "none"
+    """What the model reads of the problem's points before the tokens: ``none``, ``e2e`` (the original's)
+    or ``set`` (see `embedders`)."""
+    embedder_max_points: int = 64
+    """Points an example brings (the first ones); ``e2e`` reads exactly this many (zero rows when fewer)."""
+    embedder_prefix_len: int = 16
+    """Prefix vectors of the ``set`` embedder (``e2e`` has one per point)."""
 
     def __post_init__(self) -> None:
+        if self.input_embedder not in EMBEDDERS:
+            raise ValueError(f"input_embedder must be one of {EMBEDDERS}, got {self.input_embedder!r}")
         if self.hidden_size % self.n_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}")
 
@@ -228,7 +240,21 @@ class GPTNeo(nn.Module):
         self.drop = Dropout(config.embed_dropout)
         self.h = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.input_embedder = _embedder(config)
         self.apply(_init_weights)
+
+    @property
+    def prefix_len(self) -> int:
+        """Positions the point prefix takes before the tokens (0 for a model that reads no points)."""
+        return 0 if self.input_embedder is None else self.input_embedder.prefix_len
+
+    def point_prefix(self, batch: dict) -> torch.Tensor | None:
+        """The prefix vectors of a batch's points (``points_X``, ``points_y``, ``points_mask``); None
+        for a model that reads no points."""
+        if self.input_embedder is None:
+            return None
+        device = self.wte.weight.device
+        return self.input_embedder(*(batch[key].to(device) for key in ("points_X", "points_y", "points_mask")))
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, kv_cache: KVCache | None = None,
@@ -248,6 +274,8 @@ class GPTNeo(nn.Module):
         if output_mask is not None and (kv_cache is not None or attention_mask is not None):
             raise ValueError("output_mask is for training: it takes no kv_cache and no attention_mask")
         past = kv_cache.length if kv_cache is not None else 0
+        if self.input_embedder is not None and prefix is None and past == 0:
+            raise ValueError("this model reads each problem's points: pass prefix=model.point_prefix(batch)")
         embeds = self.wte(input_ids)
         p = 0 if prefix is None else prefix.shape[1]
         if prefix is not None:
@@ -286,6 +314,14 @@ class GPTNeo(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters, the tied embedding counted once."""
         return sum(p.numel() for p in self.parameters())
+
+
+def _embedder(config: ModelConfig) -> nn.Module | None:
+    if config.input_embedder == "e2e":
+        return E2EPointEmbedder(config.hidden_size, config.embedder_max_points)
+    if config.input_embedder == "set":
+        return SetPointEmbedder(config.hidden_size, config.embedder_prefix_len)
+    return None
 
 
 def _attention_mask(key_mask: torch.Tensor | None, past: int, t: int, device: torch.device) -> torch.Tensor:

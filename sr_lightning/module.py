@@ -70,7 +70,9 @@ class OneStepLM(L.LightningModule):
             ``vocab_size`` always follows the tokenizer.
         tokenizer_file: A tokenizers JSON file; None: the domain tokenizer shipped with the package.
         tokenizer_json: The tokenizer itself; filled in automatically so checkpoints are self-contained.
-        max_length: Tokens an example may fill; None: the model's ``n_positions`` (more is an error).
+        max_length: Tokens an example may fill; None: the model's ``n_positions`` less its point prefix.
+        input_embedder: What the model reads of each problem's points before the tokens: ``none``, ``e2e``
+            (the original's, 64 prefix positions) or ``set`` (16); see `embedders`.
         include_target_token: Also train on predicting ``<TARGET>``, as the original did.
         init_from: Start from an HF GPT-Neo directory (``config.json`` + weights) of the original system.
         learning_rate: Peak AdamW learning rate.
@@ -90,6 +92,7 @@ class OneStepLM(L.LightningModule):
         tokenizer_json: str | None = None,
         max_length: int | None = None,
         include_target_token: bool = False,
+        input_embedder: Literal["none", "e2e", "set"] = "none",
         init_from: str | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.01,
@@ -106,7 +109,8 @@ class OneStepLM(L.LightningModule):
             self.tokenizer = SRTokenizer.load(tokenizer_file)
         self.save_hyperparameters(logger=False)
         self.hparams.tokenizer_json = self.tokenizer.to_str()
-        self.model = self._build_model(preset, model_overrides or {}, init_from)
+        self.model = self._build_model(preset, {**(model_overrides or {}), "input_embedder": input_embedder},
+                                       init_from)
         self.hparams.init_from = None  # the weights now live in the checkpoint
         self.task = self._build_task(max_length, include_target_token)
         if compile:
@@ -126,6 +130,8 @@ class OneStepLM(L.LightningModule):
         if init_from is not None:
             from .interop import load_for_fine_tuning
 
+            if overrides.pop("input_embedder") != "none":
+                raise ValueError("init_from loads a model that reads no points: input_embedder must be none")
             given = self.hparams.tokenizer_file is not None or self.hparams_initial.tokenizer_json is not None
             model, self.tokenizer = load_for_fine_tuning(init_from, self.tokenizer if given else None, overrides)
             self.hparams.tokenizer_json = self.tokenizer.to_str()
@@ -135,22 +141,25 @@ class OneStepLM(L.LightningModule):
         return GPTNeo(config)
 
     def _build_task(self, max_length: int | None, include_target_token: bool) -> OneStepTask:
-        """The contract the DataModule, evaluation and search share (see `task`)."""
-        positions = self.model.config.n_positions
+        """The contract the DataModule, evaluation and search share (see `task`); the point prefix
+        takes its positions from the tokens'."""
+        config = self.model.config
+        positions = config.n_positions - self.model.prefix_len
         if max_length is not None and max_length > positions:
-            raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions")
-        return OneStepTask(self.tokenizer, max_length or positions, include_target_token)
+            raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions for tokens")
+        points = config.embedder_max_points if self.model.input_embedder is not None else 0
+        return OneStepTask(self.tokenizer, max_length or positions, include_target_token, points)
 
     # -- loss -----------------------------------------------------------------------------
-    def forward(self, input_ids: Tensor, output_mask: Tensor | None = None) -> Tensor:
-        return self.model(input_ids, output_mask=output_mask)
+    def forward(self, input_ids: Tensor, output_mask: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:
+        return self.model(input_ids, output_mask=output_mask, prefix=prefix)
 
     def _train_nll(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """(summed NLL, logits, labelled tokens): the last block and the head run on labelled positions only."""
         labels = batch["labels"]
         mask = labels != IGNORE
         targets = labels[mask]
-        hidden = self(batch["input_ids"], output_mask=mask)
+        hidden = self(batch["input_ids"], output_mask=mask, prefix=self.model.point_prefix(batch))
         logits = self.model.lm_head(hidden)
         nll_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         if not targets.numel():  # a label-free padding batch: keep every parameter in the graph

@@ -40,7 +40,7 @@ def teacher_forced(model: GPTNeo, batch: dict) -> TeacherForced:
     """Run ``model`` on a batch of `collate`; the head only sees labelled and ``<TARGET>`` positions."""
     ids = batch["input_ids"]
     labels = batch["labels"].to(ids.device)
-    hidden = model(ids)
+    hidden = model(ids, prefix=model.point_prefix(batch))
     mask = labels != IGNORE
     logits = model.lm_head(hidden[mask])
     targets = labels[mask]

@@ -109,7 +109,7 @@ def checked(problem: Problem) -> Problem:
     """``problem`` if its points are usable: X is n x d, y has n values, all finite; else `BadRecord`."""
     X, y = problem.X, problem.y
     if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0] or X.shape[0] == 0:
-        raise BadRecord(f"points of shapes X {X.shape} and y {y.shape} disagree (expression_id {problem.expression_id})")
+        raise BadRecord(f"points disagree in shape (X {X.shape}, y {y.shape}; expression_id {problem.expression_id})")
     if not (np.isfinite(X).all() and np.isfinite(y).all()):
         raise BadRecord(f"points are not finite (expression_id {problem.expression_id})")
     return problem
@@ -138,10 +138,10 @@ class ProblemIndex:
             X, y = pair.inline_points
             return checked(_problem(pair.expression_id if pair.expression_id is not None else -1, X, y))
         if pair.expression_id is None:
-            raise BadRecord("no points: the example has no expression_id and no X_data/y_data")
+            raise BadRecord("no points (the example has no expression_id and no X_data/y_data)")
         problems = self.explicit if self.explicit is not None else self._beside(pair)
         if pair.expression_id not in problems:
-            raise BadRecord(f"no points for expression_id {pair.expression_id}")
+            raise BadRecord(f"no points (expression_id {pair.expression_id} is in no points file)")
         return checked(problems[pair.expression_id])
 
     def lookup(self, pair: Pair) -> Problem | None:

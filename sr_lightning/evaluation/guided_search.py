@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from ..data.batches import Encoded, fit_to_length
 from ..data.format import Pair, context_text, population_text
+from ..data.points import points_batch
 from ..decoding import generate
 from ..markdown import code_cell, table
 from ..model import GPTNeo
@@ -111,13 +112,23 @@ class NeuralProposer:
 
     def __init__(self, model: GPTNeo, task: OneStepTask, config: SearchConfig, n_vars: int,
                  temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
-                 distinct: bool = False):
+                 distinct: bool = False, points: Problem | None = None):
         self.model, self.task, self.config, self.n_vars = model, task, config, n_vars
+        self.prefix = self._prefix(points)
         self.tokenizer = task.tokenizer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.count = config.population_size - 1 if count is None else count
         self.distinct, self.repeats = distinct, 0
         self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
+
+    @torch.inference_mode()
+    def _prefix(self, points: Problem | None) -> torch.Tensor | None:
+        """The problem's point prefix, computed once per run, for a model that reads points."""
+        if self.model.input_embedder is None:
+            return None
+        if points is None:
+            raise ValueError("this model reads each problem's points: give NeuralProposer the problem")
+        return self.model.point_prefix(points_batch([points], self.task.max_points))
 
     def prompt_ids(self, generation: int, expressions: Sequence[str], fitnesses: Sequence[float]) -> list[int]:
         """Token ids of the prompt; population members drop from the end if it leaves no room to answer."""
@@ -135,7 +146,8 @@ class NeuralProposer:
         prompt = self.prompt_ids(generation, expressions, fitnesses)
         outputs = generate(self.model, [prompt] * self.count, eos_id=self.tokenizer.eos_id,
                            pad_id=self.tokenizer.pad_id, max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, generator=self.generator)
+                           temperature=self.temperature, generator=self.generator,
+                           prefixes=None if self.prefix is None else self.prefix.expand(self.count, -1, -1))
         proposals = [first_expression(self.tokenizer.decode(out)) for out in outputs]
         if not self.distinct:
             return proposals
@@ -185,7 +197,7 @@ def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettin
     if method == "neural":
         proposer = NeuralProposer(model, task, config, problem.n_vars, settings.temperature,
                                   settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
-                                  count=settings.proposal_count, distinct=settings.distinct)
+                                  count=settings.proposal_count, distinct=settings.distinct, points=problem)
     start = time.perf_counter()
     trace = run_search(problem.X, problem.y, config, seed=[problem.expression_id, seed], proposer=proposer)
     seconds = time.perf_counter() - start
