@@ -73,8 +73,9 @@ def from_config(args: Namespace, files: Sequence[Path]) -> tuple[Any, Any, dict[
     argv += ["--seed_everything", "false", "--trainer.logger", "false", "--data.train_files", args.data,
              "--data.val_files", "null", "--data.test_files", "null"]
     tokenizer = tokenizer_file(args.tokenizer, files)
-    options = {"model.preset": args.preset, "model.tokenizer_file": tokenizer,
-               "model.tokenizer_json": "null" if tokenizer else None, "model.compile": "true" if args.compile else None,
+    options = {"model.preset": args.preset, "model.input_embedder": args.input_embedder,
+               "model.tokenizer_file": tokenizer, "model.tokenizer_json": "null" if tokenizer else None,
+               "model.compile": "true" if args.compile else None,
                "data.batch_size": args.batch_size, "data.num_workers": args.num_workers,
                "data.length_grouping": args.length_grouping, "data.pad_to_multiple": args.pad_to_multiple}
     argv += [item for key, value in options.items() if value is not None for item in (f"--{key}", str(value))]
@@ -181,6 +182,8 @@ def parse_args(argv: Sequence[str] | None) -> Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (every implementation)")
     p.add_argument("--tokenizer", help="domain (default), gpt2-size (built from --data) or a tokenizers JSON")
     p.add_argument("--preset", help="model size (micro, tiny, small); default: the config's, else tiny")
+    p.add_argument("--input-embedder", help="none, e2e or set: what the model reads of each problem's points "
+                   "(found beside --data); default: the config's, else none")
     p.add_argument("--batch-size", type=int, help="examples per optimizer step (default: the config's, else 16)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
     p.add_argument("--length-grouping", type=int, help="sort chunks of this many batches by length (0: off)")

@@ -41,6 +41,12 @@ def run_bench(capsys, *args: str) -> tuple[dict, list[str]]:
     return results, capsys.readouterr().out.strip().splitlines()
 
 
+@pytest.mark.parametrize("embedder", ["e2e", "set"])
+def test_bench_trains_a_model_that_reads_points(capsys, micro_config, embedder):
+    results, lines = run_bench(capsys, "--config", str(micro_config), "--input-embedder", embedder)
+    assert results["ours"]["steps"] == 2 and RESULT.match(lines[-1])
+
+
 def test_bench_trains_our_path_and_ends_with_the_result_line(capsys, micro_config, tmp_path):
     out = tmp_path / "figures.json"
     results, lines = run_bench(capsys, "--config", str(micro_config), "--json", str(out), "--loader-batches", "2")

@@ -12,6 +12,7 @@ from sr_lightning.data.points import ProblemIndex
 from sr_lightning.data.stream import LineReport, parse_lines
 from sr_lightning.data.tokenizer import SRTokenizer
 from sr_lightning.evaluation.checkpoints import load_for_evaluation
+from sr_lightning.evaluation.decode_bench import main as decode_bench_main
 from sr_lightning.evaluation.guided_search import ComparisonSettings, run_one
 from sr_lightning.module import OneStepLM
 from sr_lightning.sr.problems import load_problems
@@ -65,6 +66,9 @@ def test_a_model_that_reads_points_trains_reports_and_searches(embedder, tmp_pat
     report = json.loads((run / "evaluation" / "report.json").read_text())
     assert report["n_examples"] == 8
     assert report["val_loss"] == pytest.approx(report["recorded_val_loss"], rel=1e-5)
+    capsys.readouterr()
+    assert decode_bench_main(["--checkpoint", str(run), "--n", "3", "--max-new-tokens", "4"]) == 0
+    assert "identical greedy outputs: 3/3" in capsys.readouterr().out  # prefix + cache = uncached
     problem = load_problems(SAMPLE_PROBLEMS)[900]
     result = run_one(problem, "neural", 0, ComparisonSettings(generations=3, population_size=6, max_new_tokens=16),
                      model, task)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..commands import command_parser
+from ..data.points import ProblemIndex
 from ..data.stream import LineReport, resolve_files
 from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
@@ -27,13 +28,17 @@ from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, 
 from .report import read_pairs
 
 
-def bench_prompts(files: Sequence[Path], task: OneStepTask, n: int) -> list[list[int]]:
-    """The inference prompts of the first ``n`` usable examples of ``files``."""
+def bench_prompts(files: Sequence[Path], task: OneStepTask, n: int,
+                  model: GPTNeo) -> tuple[list[list[int]], torch.Tensor | None]:
+    """The inference prompts of the first ``n`` usable examples of ``files``, and their point prefixes
+    when the model reads points (the points beside the data, as the report finds them)."""
     lines = LineReport()
-    kept = task.encode(list(islice(read_pairs(files, lines), n)), lines)
+    kept = task.encode(list(islice(read_pairs(files, lines), n)), lines, ProblemIndex())
     if not kept:
         raise EvaluationInputError(f"no usable example in {', '.join(map(str, files))}")
-    return [task.prompt_ids(e) for _, e in kept]
+    with torch.inference_mode():
+        prefixes = model.point_prefix(task.collate([e for _, e in kept]))
+    return [task.prompt_ids(e) for _, e in kept], prefixes
 
 
 def _timed(fn) -> tuple[Any, float]:
@@ -43,12 +48,14 @@ def _timed(fn) -> tuple[Any, float]:
 
 
 def benchmark(model: GPTNeo, tokenizer: SRTokenizer, prompts: list[list[int]], batch_size: int = 32,
-              max_new_tokens: int = 64) -> dict[str, Any]:
+              max_new_tokens: int = 64, prefixes: torch.Tensor | None = None) -> dict[str, Any]:
     """Examples per second of batched cached decoding and of one-at-a-time uncached decoding."""
     kwargs = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": max_new_tokens}
-    generate(model, prompts[:2], **kwargs)  # warm-up: allocator and kernels
-    batched, fast = _timed(lambda: generate(model, prompts, batch_size=batch_size, **kwargs))
-    single, slow = _timed(lambda: [generate(model, [p], use_cache=False, **kwargs)[0] for p in prompts])
+    one = (lambda i: None) if prefixes is None else (lambda i: prefixes[i:i + 1])
+    generate(model, prompts[:2], prefixes=None if prefixes is None else prefixes[:2], **kwargs)  # warm-up
+    batched, fast = _timed(lambda: generate(model, prompts, batch_size=batch_size, prefixes=prefixes, **kwargs))
+    single, slow = _timed(lambda: [generate(model, [p], use_cache=False, prefixes=one(i), **kwargs)[0]
+                                   for i, p in enumerate(prompts)])
     n = len(prompts)
     return {"n": n, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
             "mean_prompt_tokens": sum(map(len, prompts)) / n,
@@ -83,12 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, task, info = load_for_evaluation(args.checkpoint or newest_run(), args.tokenizer, args.device)
         files = resolve_files(args.data or validation_files(info))
-        prompts = bench_prompts(files, task, args.n)
+        prompts, prefixes = bench_prompts(files, task, args.n, model)
     except (EvaluationInputError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"checkpoint {info['checkpoint']} on {args.device}, {torch.get_num_threads()} threads")
-    print(render(benchmark(model, task.tokenizer, prompts, args.batch_size, args.max_new_tokens)))
+    print(render(benchmark(model, task.tokenizer, prompts, args.batch_size, args.max_new_tokens, prefixes)))
     return 0
 
 
