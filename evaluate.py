@@ -38,8 +38,9 @@ def build_parser() -> ArgumentParser:
     report.add_argument("--data", nargs="+", help="JSONL files or globs, plain or .gz "
                                                   "(default: the run's validation files)")
     report.add_argument("--problems", help="points file with X/y per expression id: JSON, NPZ or the original's "
-                                           "gzipped pickle (default: the file each record's metadata names, or "
-                                           "problems.json, beside the data; X_data/y_data in a record come first)")
+                                           "gzipped pickle (default: the run's --data.points_file, else the file "
+                                           "each record's metadata names, or problems.json, beside the data; "
+                                           "X_data/y_data in a record come first)")
     report.add_argument("--limit", type=int, help="evaluate only the first N lines (default: the lines the run "
                                                   "validated on, so val_loss is its val/loss; 0: every line)")
     report.add_argument("--batch-size", type=int, default=32)
@@ -110,9 +111,9 @@ def _limit(args: Namespace, info: dict[str, Any], files: list[Path]) -> int | No
 
 
 def report(args: Namespace) -> None:
-    from sr_lightning.data.stream import resolve_files
-    from sr_lightning.evaluation.checkpoints import validation_files
     from sr_lightning.data.points import ProblemIndex
+    from sr_lightning.data.stream import resolve_files
+    from sr_lightning.evaluation.checkpoints import points_file, validation_files
     from sr_lightning.evaluation.report import EvalSettings, build_report, render_terminal
 
     model, task, info = _load(args)
@@ -120,7 +121,8 @@ def report(args: Namespace) -> None:
     limit = _limit(args, info, files)
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit)
     out = _out(args, info, "evaluation")
-    result = build_report(model, task, info, files, settings, ProblemIndex(args.problems), out)
+    problems = ProblemIndex(args.problems or points_file(info))  # as the run found them
+    result = build_report(model, task, info, files, settings, problems, out)
     print(render_terminal(result))
     print(f"wrote {out / 'report.json'}, {out / 'report.md'}, {out / 'predictions.jsonl'}"
           + (f", {result['plot']}" if result["plot"] else ""))

@@ -83,3 +83,17 @@ def test_the_online_source_brings_the_points_of_the_problems_it_generates():
     batch = next(iter(OnlineBatches(task, STREAM, TINY, 0, 2)))
     assert batch["n_examples"] == 4 and batch["points_X"].shape[0] == 4 and batch["points_mask"].any(1).all()
     assert batch["skipped"] == {}
+
+
+def test_a_points_file_serves_training_and_the_report(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    train_file, val_file, problems_file = write_tiny_data(data)
+    points = problems_file.rename(tmp_path / "points.json")  # nothing beside the data any more
+    config = tiny_config(tmp_path, train_file, val_file)
+    config["trainer"].update(max_steps=3, check_val_every_n_epoch=3)
+    config["model"]["input_embedder"] = "e2e"
+    config["data"]["points_file"] = str(points)
+    run = train_in_process(tmp_path, config)
+    assert evaluate.main(["--checkpoint", str(run), "--max-new-tokens", "4"]) == 0
+    assert json.loads((run / "evaluation" / "report.json").read_text())["n_examples"] == 8

@@ -169,6 +169,12 @@ def validation_files(info: dict[str, Any]) -> list[str]:
     return [rebase(str(s), run_dir) for s in specs]
 
 
+def points_file(info: dict[str, Any]) -> str | None:
+    """The points file the run was given (``--data.points_file``), found as its data files are; None without."""
+    spec = (info.get("data") or {}).get("points_file")
+    return rebase(spec, Path(info["run_dir"]) if info.get("run_dir") else None) if spec else None
+
+
 def _run_trainer_config(run_dir: Path | None) -> dict[str, Any]:
     config = run_dir / "config.yaml" if run_dir else None
     if config is None or not config.is_file():
