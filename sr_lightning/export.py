@@ -32,9 +32,9 @@ def export(checkpoint: str | Path, out_dir: str | Path) -> list[Path]:
         reason = str(error).split(". ")[0].splitlines()[0] if str(error) else ""
         raise ExportError(f"{checkpoint}: not a readable sr_lightning checkpoint "
                           f"({type(error).__name__}: {reason})") from error
-    if lm.model.input_embedder is not None:
-        raise ExportError(f"{checkpoint}: the model reads points ({lm.model.config.input_embedder}); exporting "
-                          f"the original's WithEmbedderForCausalLM layout is not supported yet")
+    if lm.model.config.input_embedder not in ("none", "e2e"):
+        raise ExportError(f"{checkpoint}: a {lm.model.config.input_embedder!r} embedder has no layout of the "
+                          f"original's to write (e2e models export as its WithEmbedderForCausalLM)")
     tokenizer = lm.tokenizer
     out = save_hf_gpt_neo(lm.model, out_dir, tokenizer_json=tokenizer.to_str(),
                           bos_id=tokenizer.eos_id, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)

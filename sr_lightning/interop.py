@@ -27,6 +27,8 @@ SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_EOS_ID = 50256  # <|endoftext|>: GPT-Neo's bos, eos and pad
+E2E_CLASS = "E2EPointEmbedder"  # the original's name of the embedder `embedders.E2EPointEmbedder` rebuilds
+E2E_MAX_VARS, E2E_MLP_HIDDEN = 10, 512
 # ModelConfig fields that fine-tuning may change on an imported model: they shape no weight.
 REGULARISATION_FIELDS = ("embed_dropout", "attn_dropout", "resid_dropout")
 # Causal-mask buffers that old transformers versions saved with the weights.
@@ -57,6 +59,7 @@ def config_from_hf(hf: dict, source: str = CONFIG_FILE) -> ModelConfig:
         raise ValueError(f"{source}: activation_function must be 'gelu_new', got {hf['activation_function']!r}")
     if not hf["tie_word_embeddings"]:
         raise ValueError(f"{source}: tie_word_embeddings=false is not supported (our head is tied)")
+    embedder = _embedder_from_hf(hf, source)
     try:
         return ModelConfig(
             vocab_size=hf["vocab_size"],
@@ -69,15 +72,43 @@ def config_from_hf(hf: dict, source: str = CONFIG_FILE) -> ModelConfig:
             attn_dropout=hf["attention_dropout"],
             resid_dropout=hf["resid_dropout"],
             layer_norm_eps=hf["layer_norm_epsilon"],
+            **embedder,
         )
     except ValueError as error:
         raise ValueError(f"{source}: {error}") from error
 
 
+def _embedder_from_hf(hf: dict, source: str) -> dict[str, Any]:
+    """ModelConfig fields of the original's ``WithEmbedderForCausalLM`` config (none without one).
+
+    Only its E2E embedder has our layout; the set variants of the original differ in their layers.
+    """
+    kind = hf.get("embedder_class")
+    if kind is None:
+        return {}
+    if kind != E2E_CLASS:
+        raise ValueError(f"{source}: embedder_class {kind!r} cannot be imported (only {E2E_CLASS!r})")
+    sizes = {"embedder_max_input_dim": E2E_MAX_VARS, "embedder_mlp_hidden_size": E2E_MLP_HIDDEN}
+    wrong = {key: hf[key] for key, size in sizes.items() if hf.get(key, size) != size}
+    if wrong:
+        raise ValueError(f"{source}: {wrong} differ from the e2e embedder's {sizes}")
+    return {"input_embedder": "e2e", "embedder_max_points": hf.get("embedder_max_points", 64)}
+
+
+def _embedder_to_hf(config: ModelConfig) -> dict[str, Any]:
+    if config.input_embedder == "none":
+        return {}
+    if config.input_embedder != "e2e":
+        raise ValueError(f"a {config.input_embedder!r} embedder has no layout of the original's to write")
+    return {"embedder_class": E2E_CLASS, "embedder_max_points": config.embedder_max_points,
+            "embedder_max_input_dim": E2E_MAX_VARS, "embedder_mlp_hidden_size": E2E_MLP_HIDDEN}
+
+
 def config_to_hf(config: ModelConfig, bos_id: int = GPT2_EOS_ID, eos_id: int = GPT2_EOS_ID,
                  pad_id: int | None = None) -> dict:
-    """The config.json that transformers' GPTNeoForCausalLM reads back as this model."""
-    return {
+    """The config.json that transformers' GPTNeoForCausalLM reads back as this model (plus the
+    original's embedder keys for a model that reads points)."""
+    return {**_embedder_to_hf(config),
         "architectures": ["GPTNeoForCausalLM"],
         "model_type": "gpt_neo",
         "activation_function": "gelu_new",
@@ -174,7 +205,7 @@ def save_hf_gpt_neo(model: GPTNeo, out_dir: str | Path, tokenizer_json: str | No
     hf_config = config_to_hf(model.config, bos_id, eos_id, pad_id)
     hf_config["torch_dtype"] = str(model.wte.weight.dtype).removeprefix("torch.")
     (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
-    state = {_to_hf_name(name): t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    state = {_to_hf_name(name, model): t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
     save_file(state, str(out_dir / SAFETENSORS_FILE), metadata={"format": "pt"})
     if tokenizer_json is not None:
         json.loads(tokenizer_json)  # fail here, not in some later loader, if it is not JSON
@@ -230,22 +261,31 @@ def _read_weights(weights_file: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{weights_file}: cannot read the weights ({type(error).__name__}: {error})") from error
 
 
-def _to_hf_name(name: str) -> str:
-    return "transformer." + name.replace(".attn.", ".attn.attention.")
+def _to_hf_name(name: str, model: GPTNeo) -> str:
+    """GPT-Neo's name of a weight; a model that reads points is the original's wrapper: its embedder
+    under ``input_embedder.``, the LM under ``wrapped.``."""
+    if name.startswith("input_embedder."):
+        return name
+    return _lm_prefix(model) + "transformer." + name.replace(".attn.", ".attn.attention.")
+
+
+def _lm_prefix(model: GPTNeo) -> str:
+    return "" if model.input_embedder is None else "wrapped."
 
 
 def _from_hf_names(hf_state: dict[str, torch.Tensor], model: GPTNeo, source: str) -> dict[str, torch.Tensor]:
     """Rename HF weights to ours, checking names and shapes; raises listing every problem."""
     expected = model.state_dict()
-    by_hf_name = {_to_hf_name(name): name for name in expected}
-    head = hf_state.get("lm_head.weight")
-    wte = hf_state.get("transformer.wte.weight")
+    by_hf_name = {_to_hf_name(name, model): name for name in expected}
+    prefix = _lm_prefix(model)
+    head = hf_state.get(prefix + "lm_head.weight")
+    wte = hf_state.get(prefix + "transformer.wte.weight")
     if head is not None and wte is not None and not torch.equal(head, wte):
         raise ValueError(f"{source}: lm_head.weight differs from transformer.wte.weight; "
                          "only tied embeddings are supported")
     state, unexpected, wrong_shape = {}, [], []
     for hf_name, tensor in hf_state.items():
-        if hf_name == "lm_head.weight" or hf_name.endswith(IGNORED_SUFFIXES):
+        if hf_name == prefix + "lm_head.weight" or hf_name.endswith(IGNORED_SUFFIXES):
             continue
         name = by_hf_name.get(hf_name)
         if name is None:

@@ -112,7 +112,7 @@ class OneStepLM(L.LightningModule):
         self.model = self._build_model(preset, {**(model_overrides or {}), "input_embedder": input_embedder},
                                        init_from)
         self.hparams.init_from = None  # the weights now live in the checkpoint
-        self.task = self._build_task(max_length, include_target_token)
+        self.task = OneStepTask.for_model(self.tokenizer, self.model, max_length, include_target_token)
         if compile:
             self.model.compile()  # in place: checkpoint keys stay those of the plain model
         vocab = self.model.config.vocab_size
@@ -130,25 +130,19 @@ class OneStepLM(L.LightningModule):
         if init_from is not None:
             from .interop import load_for_fine_tuning
 
-            if overrides.pop("input_embedder") != "none":
-                raise ValueError("init_from loads a model that reads no points: input_embedder must be none")
+            wanted = overrides.pop("input_embedder")
             given = self.hparams.tokenizer_file is not None or self.hparams_initial.tokenizer_json is not None
             model, self.tokenizer = load_for_fine_tuning(init_from, self.tokenizer if given else None, overrides)
+            if wanted not in ("none", model.config.input_embedder):
+                raise ValueError(f"{init_from} reads {model.config.input_embedder!r} points, not {wanted!r}")
             self.hparams.tokenizer_json = self.tokenizer.to_str()
-            self.hparams.model_overrides = {k: v for k, v in vars(model.config).items() if k != "vocab_size"}
+            self.hparams.input_embedder = model.config.input_embedder
+            self.hparams.model_overrides = {k: v for k, v in vars(model.config).items()
+                                            if k not in ("vocab_size", "input_embedder")}
             return model
         config = ModelConfig.preset(preset, **{**overrides, "vocab_size": self.tokenizer.vocab_size})
         return GPTNeo(config)
 
-    def _build_task(self, max_length: int | None, include_target_token: bool) -> OneStepTask:
-        """The contract the DataModule, evaluation and search share (see `task`); the point prefix
-        takes its positions from the tokens'."""
-        config = self.model.config
-        positions = config.n_positions - self.model.prefix_len
-        if max_length is not None and max_length > positions:
-            raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions for tokens")
-        points = config.embedder_max_points if self.model.input_embedder is not None else 0
-        return OneStepTask(self.tokenizer, max_length or positions, include_target_token, points)
 
     # -- loss -----------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, output_mask: Tensor | None = None, prefix: Tensor | None = None) -> Tensor:

@@ -18,6 +18,7 @@ from .data.format import BadRecord, Pair
 from .data.points import ProblemIndex, points_batch
 from .data.stream import LineReport
 from .data.tokenizer import SRTokenizer
+from .model import GPTNeo
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,16 @@ class OneStepTask:
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
+
+    @classmethod
+    def for_model(cls, tokenizer: SRTokenizer, model: GPTNeo, max_length: int | None = None,
+                  include_target_token: bool = False) -> OneStepTask:
+        """The task of ``model``: its point prefix takes its positions from the tokens'."""
+        positions = model.config.n_positions - model.prefix_len
+        if max_length is not None and max_length > positions:
+            raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions for tokens")
+        points = model.config.embedder_max_points if model.input_embedder is not None else 0
+        return cls(tokenizer, max_length or positions, include_target_token, points)
 
     def encode(self, pairs: Sequence[Pair], report: LineReport,
                problems: ProblemIndex | None = None) -> list[tuple[Pair, Encoded]]:

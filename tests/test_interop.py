@@ -240,3 +240,65 @@ def test_lightning_module_starts_from_the_directory_and_checkpoints_rebuild_it(s
     rebuilt.load_state_dict(lm.state_dict())
     with pytest.raises(ValueError, match="vocabulary has 300 entries, the tokenizer's 1024"):
         OneStepLM(init_from=str(small_checkpoint), tokenizer_json=SRTokenizer.default().to_str())
+
+
+def test_the_originals_e2e_wrapper_layout_round_trips_with_the_same_logits(tmp_path):
+    """``WithEmbedderForCausalLM``: ``wrapped.<GPTNeoForCausalLM key>`` + ``input_embedder.mlp.{0,2}.*``,
+    config.json with ``embedder_class``; its forward is GPT-Neo on cat(embedder(points), wte(ids))."""
+    transformers = pytest.importorskip("transformers")
+    from sr_lightning.embedders import point_features
+
+    torch.manual_seed(2)
+    config = ModelConfig(vocab_size=VOCAB, n_positions=128, hidden_size=64, n_layers=2, n_heads=4,
+                         input_embedder="e2e", embedder_max_points=8)
+    ours = GPTNeo(config).eval()
+    save_hf_gpt_neo(ours, tmp_path)
+    written = load_file(str(tmp_path / "model.safetensors"))
+    assert "wrapped.transformer.wte.weight" in written and "input_embedder.mlp.2.bias" in written
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    assert (hf_config["embedder_class"], hf_config["embedder_max_points"]) == ("E2EPointEmbedder", 8)
+
+    again = load_hf_gpt_neo(tmp_path).eval()
+    assert again.config == config
+    ids, X, y = random_ids(2, 12), torch.randn(2, 5, 3), torch.randn(2, 5)
+    batch = {"points_X": X, "points_y": y, "points_mask": torch.ones(2, 5, dtype=torch.bool)}
+    with torch.no_grad():
+        logits = our_logits(ours, ids, prefix=ours.point_prefix(batch))
+        assert torch.allclose(our_logits(again, ids, prefix=again.point_prefix(batch)), logits, atol=1e-6)
+        # The reference: transformers' GPT-Neo on the original's inputs_embeds.
+        lm_config = {k: v for k, v in hf_config.items() if not k.startswith("embedder_")}
+        hf = transformers.GPTNeoForCausalLM(transformers.GPTNeoConfig.from_dict(lm_config)).eval()
+        hf.load_state_dict({k.removeprefix("wrapped."): v for k, v in written.items() if k.startswith("wrapped.")},
+                           strict=False)
+        hf.tie_weights()
+        features = torch.zeros(2, 8, 11)
+        features[:, :5] = point_features(X, y, 10)
+        mlp = torch.nn.Sequential(torch.nn.Linear(11, 512), torch.nn.ReLU(), torch.nn.Linear(512, 64))
+        mlp.load_state_dict({k.removeprefix("input_embedder.mlp."): v for k, v in written.items()
+                             if k.startswith("input_embedder.")})
+        embeds = torch.cat([mlp(features), hf.transformer.wte(ids)], dim=1)
+        reference = hf(inputs_embeds=embeds).logits[:, 8:]
+    assert torch.allclose(logits, reference, atol=1e-4)
+
+
+def test_an_original_set_embedder_is_refused_in_one_line():
+    hf = {"model_type": "gpt_neo", "num_layers": 2, "attention_types": [[["global"], 2]], "hidden_size": 64,
+          "num_heads": 4, "embedder_class": "SetPointEmbedder"}
+    with pytest.raises(ValueError, match="embedder_class 'SetPointEmbedder' cannot be imported"):
+        config_from_hf(hf, "x/config.json")
+
+
+def test_fine_tuning_an_original_e2e_directory_keeps_its_embedder_in_the_checkpoint(tmp_path):
+    tokenizer = SRTokenizer.default()
+    torch.manual_seed(4)
+    original = GPTNeo(ModelConfig(vocab_size=tokenizer.vocab_size, n_positions=256, hidden_size=64, n_layers=2,
+                                  n_heads=4, input_embedder="e2e", embedder_max_points=8))
+    save_hf_gpt_neo(original, tmp_path / "checkpoint-10", tokenizer_json=tokenizer.to_str())
+    lm = OneStepLM(init_from=str(tmp_path / "checkpoint-10"))
+    assert lm.model.config.input_embedder == "e2e" and lm.task.max_points == 8 and lm.task.max_length == 248
+    assert torch.equal(lm.model.input_embedder.mlp[0].weight, original.input_embedder.mlp[0].weight)
+    rebuilt = OneStepLM(**lm.hparams)  # what load_from_checkpoint builds before loading the weights
+    assert rebuilt.model.config == lm.model.config
+    assert rebuilt.model.state_dict().keys() == lm.model.state_dict().keys()
+    with pytest.raises(ValueError, match="reads 'e2e' points, not 'set'"):
+        OneStepLM(init_from=str(tmp_path / "checkpoint-10"), input_embedder="set")

@@ -245,7 +245,7 @@ def _load_hf(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, One
     info = {"checkpoint": str(path), "kind": "hf", "step": None, "recorded_val_loss": None, "best_step": None,
             "last_step": None,
             "steps_past_best": None, "best_checkpoint": None, "best_how": None, "run_dir": None, "data": {}}
-    return model, OneStepTask(tokenizer, model.config.n_positions), info
+    return model, OneStepTask.for_model(tokenizer, model), info
 
 
 def _legacy_task(task: OneStepTask, data: dict[str, Any]) -> OneStepTask:
