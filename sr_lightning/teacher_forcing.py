@@ -30,6 +30,8 @@ class TeacherForced:
     """``[N, V]`` at each example's ``<TARGET>`` position: they predict the first target token."""
     first_targets: Tensor
     """``[N]`` each example's first target token."""
+    prefix: Tensor | None = None
+    """``[B, P, H]`` the point prefix the model read (None for a model that reads no points)."""
 
     @property
     def n_examples(self) -> int:
@@ -40,7 +42,8 @@ def teacher_forced(model: GPTNeo, batch: dict) -> TeacherForced:
     """Run ``model`` on a batch of `collate`; the head only sees labelled and ``<TARGET>`` positions."""
     ids = batch["input_ids"]
     labels = batch["labels"].to(ids.device)
-    hidden = model(ids, prefix=model.point_prefix(batch))
+    prefix = model.point_prefix(batch)
+    hidden = model(ids, prefix=prefix)
     mask = labels != IGNORE
     logits = model.lm_head(hidden[mask])
     targets = labels[mask]
@@ -50,5 +53,5 @@ def teacher_forced(model: GPTNeo, batch: dict) -> TeacherForced:
     return TeacherForced(
         nll_sum=F.cross_entropy(logits.float(), targets, reduction="sum"),
         logits=logits, targets=targets,
-        first_logits=model.lm_head(hidden[rows, positions]), first_targets=ids[rows, positions + 1],
+        first_logits=model.lm_head(hidden[rows, positions]), first_targets=ids[rows, positions + 1], prefix=prefix,
     )

@@ -150,6 +150,7 @@ class OneStepDataModule(L.LightningDataModule):
                              "OneStepDataModule(..., task=module.task)")
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         val_batch = self.hparams.val_batch_size or self.hparams.batch_size
+        problems = ProblemIndex(self.hparams.points_file) if self.task.max_points else None  # read once
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
         for split in splits.get(stage, []):
             if split == "train" and self.hparams.source == "online":
@@ -161,7 +162,6 @@ class OneStepDataModule(L.LightningDataModule):
                 continue
             train = split == "train"
             settings = self._settings(train, self.hparams.batch_size if train else val_batch)
-            problems = ProblemIndex(self.hparams.points_file) if self.task.max_points else None
             self.datasets[split] = OneStepBatches(files, self.task, settings, rank, world, problems)
         if stage == "fit" and "train" not in self.datasets:
             raise ValueError("no training data: set --data.train_files (a path, glob or list)")

@@ -23,7 +23,6 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..task import OneStepTask
-
 from .format import Pair
 from .points import ProblemIndex
 from .stream import LineReport, count_lines, iter_raw_lines, parse_lines, shuffled

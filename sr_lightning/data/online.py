@@ -50,8 +50,8 @@ from ..sr.search import SearchConfig
 from ..task import OneStepTask
 from .dataset import BatchStream, StreamSettings
 from .format import dump_record, pair_from_record
-from .points import ProblemIndex
-from .generate import SIDECAR, TARGETS, generate_examples
+from .generate import TARGETS, generate_examples
+from .points import SIDECAR, ProblemIndex
 from .stream import LineReport
 from .tokenizer import SRTokenizer
 

@@ -93,7 +93,8 @@ def read_points_file(path: str | Path) -> dict[int, Problem]:
     """Every problem of a points file (JSON, NPZ or pickle, by content), by expression id."""
     path = Path(path)
     try:
-        head = path.read_bytes()[:2]
+        with open(path, "rb") as handle:
+            head = handle.read(2)
         if path.suffix == ".npz":
             return _from_npz(path)
         if head in (b"\x1f\x8b", b"\x80\x04", b"\x80\x05", b"\x80\x02") or path.suffix in (".pkl", ".pickle"):

@@ -14,13 +14,14 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from importlib import resources
+from itertools import islice
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..commands import command_parser
-from .format import EOS, SPECIAL_TOKENS, TARGET, BadRecord, Pair
-from .stream import LineReport, cache_dir, iter_raw_lines, parse_line
+from .format import EOS, SPECIAL_TOKENS, TARGET, Pair
+from .stream import LineReport, cache_dir, iter_raw_lines, parse_lines
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +137,9 @@ class SRTokenizer:
 
 
 def _data_texts(files: Sequence[Path], limit: int) -> list[str]:
-    texts, report = [], LineReport()
-    for source, raw in iter_raw_lines(files, report):
-        if len(texts) == limit:
-            break
-        try:
-            texts.append(parse_line(raw, source).text)
-        except BadRecord:
-            continue
-    return texts
+    """The texts of the first ``limit`` good lines of ``files``."""
+    report = LineReport()
+    return [pair.text for pair in islice(parse_lines(iter_raw_lines(files, report), report), limit)]
 
 
 def gpt2_size_tokenizer_json(texts: Sequence[str]) -> str:
@@ -179,8 +174,6 @@ def gpt2_size_tokenizer(files: Sequence[Path], lines: int = TOKENIZER_LINES) -> 
 
 
 def _texts_from_jsonl(paths: Sequence[str], limit: int | None) -> list[str]:
-    from itertools import islice
-
     from .format import pair_from_record
 
     texts: list[str] = []

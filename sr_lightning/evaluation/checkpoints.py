@@ -136,10 +136,15 @@ def _run_data_hparams(checkpoint: dict[str, Any], run_dir: Path | None) -> dict[
     """The datamodule's arguments: saved in the checkpoint, else the run's config.yaml."""
     if checkpoint.get("datamodule_hyper_parameters"):
         return dict(checkpoint["datamodule_hyper_parameters"])
+    return _run_config_section(run_dir, "data")
+
+
+def _run_config_section(run_dir: Path | None, name: str) -> dict[str, Any]:
+    """One section (``data``, ``trainer``) of the run's config.yaml; empty without one."""
     config = run_dir / "config.yaml" if run_dir else None
-    if config is not None and config.is_file():
-        return dict((yaml.safe_load(config.read_text()) or {}).get("data") or {})
-    return {}
+    if config is None or not config.is_file():
+        return {}
+    return dict((yaml.safe_load(config.read_text()) or {}).get(name) or {})
 
 
 def rebase(spec: str, run_dir: Path | None) -> str:
@@ -175,13 +180,6 @@ def points_file(info: dict[str, Any]) -> str | None:
     return rebase(spec, Path(info["run_dir"]) if info.get("run_dir") else None) if spec else None
 
 
-def _run_trainer_config(run_dir: Path | None) -> dict[str, Any]:
-    config = run_dir / "config.yaml" if run_dir else None
-    if config is None or not config.is_file():
-        return {}
-    return dict((yaml.safe_load(config.read_text()) or {}).get("trainer") or {})
-
-
 def validated_lines(info: dict[str, Any], files: list[Path]) -> tuple[int | None, str]:
     """How many leading lines of the validation ``files`` the run validated on (None: all), and why.
 
@@ -191,7 +189,7 @@ def validated_lines(info: dict[str, Any], files: list[Path]) -> tuple[int | None
     """
     from ..data.stream import count_lines
 
-    trainer = _run_trainer_config(Path(info["run_dir"])) if info.get("run_dir") else {}
+    trainer = _run_config_section(Path(info["run_dir"]) if info.get("run_dir") else None, "trainer")
     limit = trainer.get("limit_val_batches")
     data = info.get("data") or {}
     batch = data.get("val_batch_size") or data.get("batch_size")
@@ -268,7 +266,8 @@ def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTN
         lm = OneStepLM.load_from_checkpoint(path, map_location="cpu")
     except Exception as error:  # a checkpoint of another model, or damaged tensors
         raise EvaluationInputError(f"{path}: not a readable sr_lightning checkpoint ({_reason(error)})") from error
-    task = _legacy_task(lm.task, _run_data_hparams(checkpoint, run_dir))
+    data = _run_data_hparams(checkpoint, run_dir)
+    task = _legacy_task(lm.task, data)
     if tokenizer_file:
         task = replace(task, tokenizer=_tokenizer(tokenizer_file))
     state = _monitor_state(checkpoint) or {}
@@ -279,5 +278,5 @@ def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTN
             "steps_past_best": best and best["last_step"] - best["best_step"],
             "best_checkpoint": best and str(best["best"]), "best_how": best and best["how"],
             "run_dir": None if run_dir is None else str(run_dir),
-            "data": _run_data_hparams(checkpoint, run_dir)}
+            "data": data}
     return lm.model, task, info

@@ -18,22 +18,22 @@ from typing import Any
 import torch
 
 from ..commands import command_parser
-from ..data.points import ProblemIndex
+from ..data.points import PointsFileError, ProblemIndex
 from ..data.stream import LineReport, resolve_files
 from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
 from ..model import GPTNeo
 from ..task import OneStepTask
-from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, validation_files
+from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, points_file, validation_files
 from .report import read_pairs
 
 
-def bench_prompts(files: Sequence[Path], task: OneStepTask, n: int,
-                  model: GPTNeo) -> tuple[list[list[int]], torch.Tensor | None]:
+def bench_prompts(files: Sequence[Path], task: OneStepTask, n: int, model: GPTNeo,
+                  problems: ProblemIndex) -> tuple[list[list[int]], torch.Tensor | None]:
     """The inference prompts of the first ``n`` usable examples of ``files``, and their point prefixes
-    when the model reads points (the points beside the data, as the report finds them)."""
+    when the model reads points (found by ``problems``, as the report finds them)."""
     lines = LineReport()
-    kept = task.encode(list(islice(read_pairs(files, lines), n)), lines, ProblemIndex())
+    kept = task.encode(list(islice(read_pairs(files, lines), n)), lines, problems)
     if not kept:
         raise EvaluationInputError(f"no usable example in {', '.join(map(str, files))}")
     with torch.inference_mode():
@@ -90,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model, task, info = load_for_evaluation(args.checkpoint or newest_run(), args.tokenizer, args.device)
         files = resolve_files(args.data or validation_files(info))
-        prompts, prefixes = bench_prompts(files, task, args.n, model)
-    except (EvaluationInputError, OSError) as error:
+        prompts, prefixes = bench_prompts(files, task, args.n, model, ProblemIndex(points_file(info)))
+    except (EvaluationInputError, PointsFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"checkpoint {info['checkpoint']} on {args.device}, {torch.get_num_threads()} threads")

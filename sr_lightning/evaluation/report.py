@@ -147,31 +147,23 @@ class Evaluation:
         kept = self.task.encode(pairs, self.lines, self.problems)
         pairs, encoded = [pair for pair, _ in kept], [example for _, example in kept]
         bs = self.settings.batch_size
-        for start in range(0, len(encoded), bs):
-            self._teacher_forced(encoded[start:start + bs])
+        prefixes = [self._teacher_forced(encoded[start:start + bs]) for start in range(0, len(encoded), bs)]
         prompts = [self.task.prompt_ids(e) for e in encoded]
         outputs = generate(self.model, prompts, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                            max_new_tokens=self.settings.max_new_tokens, batch_size=bs,
-                           prefixes=self._prefixes(encoded))
+                           prefixes=torch.cat(prefixes) if prefixes and prefixes[0] is not None else None)
         for pair, example, output in zip(pairs, encoded, outputs):
             self._score(pair, self.tokenizer.decode(output), example.truncated)
 
     @torch.inference_mode()
-    def _prefixes(self, encoded: Sequence[Encoded]) -> torch.Tensor | None:
-        """Each example's point prefix, for a model that reads points (computed once, decoding reuses it)."""
-        if self.model.input_embedder is None or not encoded:
-            return None
-        bs = self.settings.batch_size
-        return torch.cat([self.model.point_prefix(self.task.collate(encoded[i:i + bs]))
-                          for i in range(0, len(encoded), bs)])
-
-    @torch.inference_mode()
-    def _teacher_forced(self, examples: Sequence[Encoded]) -> None:
-        """Training's validation step (`teacher_forced` into `OneStepMetrics`) on one batch."""
+    def _teacher_forced(self, examples: Sequence[Encoded]) -> torch.Tensor | None:
+        """Training's validation step (`teacher_forced` into `OneStepMetrics`) on one batch; returns the
+        point prefix it computed (None for a model that reads no points), which decoding then reuses."""
         batch = self.task.collate(examples)
         out = teacher_forced(self.model, {**batch, "input_ids": batch["input_ids"].to(self.device)})
         self.metrics.update(out)
         self.first_tokens.update(out)
+        return out.prefix
 
     def _score(self, pair: Pair, prediction: str, truncated: bool) -> None:
         scored = score_prediction(pair, prediction, self.problems.lookup(pair))
