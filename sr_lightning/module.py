@@ -73,6 +73,8 @@ class OneStepLM(L.LightningModule):
         max_length: Tokens an example may fill; None: the model's ``n_positions`` less its point prefix.
         input_embedder: What the model reads of each problem's points before the tokens: ``none``, ``e2e``
             (the original's, 64 prefix positions) or ``set`` (16); see `embedders`.
+        context: ``basic``: the context line as the data has it; ``rich``: statistics of the problem's y
+            appended to it (the original's text alternative to an embedder; see `data.describe`).
         include_target_token: Also train on predicting ``<TARGET>``, as the original did.
         init_from: Start from an HF GPT-Neo directory (``config.json`` + weights) of the original system.
         learning_rate: Peak AdamW learning rate.
@@ -93,6 +95,7 @@ class OneStepLM(L.LightningModule):
         max_length: int | None = None,
         include_target_token: bool = False,
         input_embedder: Literal["none", "e2e", "set"] = "none",
+        context: Literal["basic", "rich"] = "basic",
         init_from: str | None = None,
         learning_rate: float = 1e-4,
         weight_decay: float = 0.01,
@@ -112,7 +115,7 @@ class OneStepLM(L.LightningModule):
         self.model = self._build_model(preset, {**(model_overrides or {}), "input_embedder": input_embedder},
                                        init_from)
         self.hparams.init_from = None  # the weights now live in the checkpoint
-        self.task = OneStepTask.for_model(self.tokenizer, self.model, max_length, include_target_token)
+        self.task = OneStepTask.for_model(self.tokenizer, self.model, max_length, include_target_token, context)
         if compile:
             self.model.compile()  # in place: checkpoint keys stay those of the plain model
         vocab = self.model.config.vocab_size

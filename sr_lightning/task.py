@@ -14,11 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from .data.batches import Encoded, collate, fitted_pairs
+from .data.describe import CONTEXT_KINDS, stats_suffix
 from .data.format import BadRecord, Pair
 from .data.points import ProblemIndex, points_batch
 from .data.stream import LineReport
 from .data.tokenizer import SRTokenizer
 from .model import GPTNeo
+from .sr.problems import Problem
 
 
 @dataclass(frozen=True)
@@ -33,38 +35,57 @@ class OneStepTask:
     """Label the prediction of ``<TARGET>`` too, as the original did (else the target and its eos only)."""
     max_points: int = 0
     """Points of its problem each example brings to the model (the first ones); 0: the model reads none."""
+    context: str = "basic"
+    """``basic``: the context line as written; ``rich``: statistics of the problem's y appended (`describe`)."""
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if self.context not in CONTEXT_KINDS:
+            raise ValueError(f"context must be one of {', '.join(CONTEXT_KINDS)}, got {self.context!r}")
+
+    @property
+    def reads_points(self) -> bool:
+        """Whether an example needs its problem's points: for the embedder or for the rich context."""
+        return bool(self.max_points) or self.context == "rich"
 
     @classmethod
     def for_model(cls, tokenizer: SRTokenizer, model: GPTNeo, max_length: int | None = None,
-                  include_target_token: bool = False) -> OneStepTask:
+                  include_target_token: bool = False, context: str = "basic") -> OneStepTask:
         """The task of ``model``: its point prefix takes its positions from the tokens'."""
         positions = model.config.n_positions - model.prefix_len
         if max_length is not None and max_length > positions:
             raise ValueError(f"max_length {max_length} exceeds the model's {positions} positions for tokens")
         points = model.config.embedder_max_points if model.input_embedder is not None else 0
-        return cls(tokenizer, max_length or positions, include_target_token, points)
+        return cls(tokenizer, max_length or positions, include_target_token, points, context)
 
     def encode(self, pairs: Sequence[Pair], report: LineReport,
                problems: ProblemIndex | None = None) -> list[tuple[Pair, Encoded]]:
         """Each pair beside its fitted encoding (with its points when the model reads them); a pair that
         cannot fit, or whose points cannot be found, is reported and left out."""
-        if not self.max_points:
+        if not self.reads_points:
             return fitted_pairs(pairs, self.tokenizer, self.max_length, report)
         if problems is None:
             raise ValueError("this model reads each problem's points: give encode() a ProblemIndex")
-        found = {}
+        found, usable = {}, []
         for pair in pairs:
             try:
-                found[id(pair)] = problems.find(pair)
+                problem = problems.find(pair)
+                usable.append(self.described(pair, problem))
             except BadRecord as error:
                 report.skip(pair.source, str(error))
-        usable = [pair for pair in pairs if id(pair) in found]
+                continue
+            found[id(usable[-1])] = problem
         return [(pair, replace(example, points=found[id(pair)]))
                 for pair, example in fitted_pairs(usable, self.tokenizer, self.max_length, report)]
+
+    def described(self, pair: Pair, problem: Problem) -> Pair:
+        """``pair`` as this task's model reads it: the rich context appends the statistics of the problem's y."""
+        if self.context == "basic":
+            return pair
+        if pair.context is None:
+            raise BadRecord("the rich context needs the record's 'context' field (this one has a 'prompt')")
+        return replace(pair, context=pair.context + stats_suffix(problem.X, problem.y))
 
     def collate(self, examples: Sequence[Encoded], pad_to_multiple: int = 1) -> dict:
         """A batch padded to its longest example, labelled as training labels it, with its points if any."""

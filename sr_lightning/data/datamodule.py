@@ -150,7 +150,7 @@ class OneStepDataModule(L.LightningDataModule):
                              "OneStepDataModule(..., task=module.task)")
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         val_batch = self.hparams.val_batch_size or self.hparams.batch_size
-        problems = ProblemIndex(self.hparams.points_file) if self.task.max_points else None  # read once
+        problems = ProblemIndex(self.hparams.points_file) if self.task.reads_points else None  # read once
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], None: ["train", "val", "test"]}
         for split in splits.get(stage, []):
             if split == "train" and self.hparams.source == "online":

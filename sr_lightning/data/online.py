@@ -257,7 +257,7 @@ class OnlineBatches(BatchStream):
         return cache[family][member]
 
     def _make_batch(self, records: list[dict], report: LineReport, family: int | None = None) -> dict:
-        problems = ProblemIndex.of(self.family_problems.get(family, {})) if self.task.max_points else None
+        problems = ProblemIndex.of(self.family_problems.get(family, {})) if self.task.reads_points else None
         return self._collate([pair_from_record(r, record_source(r)) for r in records], report, problems)
 
     def _worker_batches(self, worker: int, workers: int, report: LineReport) -> Iterator[tuple[int, dict]]:

@@ -112,9 +112,11 @@ class NeuralProposer:
 
     def __init__(self, model: GPTNeo, task: OneStepTask, config: SearchConfig, n_vars: int,
                  temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
-                 distinct: bool = False, points: Problem | None = None):
-        self.model, self.task, self.config, self.n_vars = model, task, config, n_vars
-        self.prefix = self._prefix(points)
+                 distinct: bool = False, problem: Problem | None = None):
+        if task.reads_points and problem is None:
+            raise ValueError("this model reads each problem's points: give NeuralProposer the problem")
+        self.model, self.task, self.config, self.n_vars, self.problem = model, task, config, n_vars, problem
+        self.prefix = self._prefix(problem)
         self.tokenizer = task.tokenizer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.count = config.population_size - 1 if count is None else count
@@ -122,17 +124,17 @@ class NeuralProposer:
         self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
 
     @torch.inference_mode()
-    def _prefix(self, points: Problem | None) -> torch.Tensor | None:
+    def _prefix(self, problem: Problem | None) -> torch.Tensor | None:
         """The problem's point prefix, computed once per run, for a model that reads points."""
         if self.model.input_embedder is None:
             return None
-        if points is None:
-            raise ValueError("this model reads each problem's points: give NeuralProposer the problem")
-        return self.model.point_prefix(points_batch([points], self.task.max_points))
+        return self.model.point_prefix(points_batch([problem], self.task.max_points))
 
     def prompt_ids(self, generation: int, expressions: Sequence[str], fitnesses: Sequence[float]) -> list[int]:
         """Token ids of the prompt; population members drop from the end if it leaves no room to answer."""
         pair = search_pair(generation, self.n_vars, self.config, expressions, fitnesses)
+        if self.problem is not None:
+            pair = self.task.described(pair, self.problem)
         (input_ids, _), = self.tokenizer.encode_pairs([pair])
         room = Encoded(input_ids, [self.tokenizer.target_id] * (1 + self.max_new_tokens), "search")
         fitted = fit_to_length(pair, room, self.tokenizer, self.task.max_length)
@@ -197,7 +199,7 @@ def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettin
     if method == "neural":
         proposer = NeuralProposer(model, task, config, problem.n_vars, settings.temperature,
                                   settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
-                                  count=settings.proposal_count, distinct=settings.distinct, points=problem)
+                                  count=settings.proposal_count, distinct=settings.distinct, problem=problem)
     start = time.perf_counter()
     trace = run_search(problem.X, problem.y, config, seed=[problem.expression_id, seed], proposer=proposer)
     seconds = time.perf_counter() - start

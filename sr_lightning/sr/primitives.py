@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .expression import Binary, Constant, Expr, Unary, Variable
 
-_FIELDS = re.compile(r"(\d+) variables \| ops: ([^|]*?) \| constants: ([^|]*?)\s*$")
+_FIELDS = re.compile(r"(\d+) variables \| ops: ([^|]*?) \| constants: ([^|]*?)\s*(?:\||$)")  # rich: | STATS...
 
 
 @dataclass(frozen=True)
