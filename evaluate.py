@@ -3,7 +3,8 @@
 With no arguments the report evaluates the BEST checkpoint (lowest val/loss) of the newest run
 under ``runs/`` on that run's validation files, and writes report.json, report.md,
 predictions.jsonl and validation_curves.png. ``search`` runs neural-guided search against
-plain BasicSR on the named benchmark problems and held-out generated problems.
+plain BasicSR on the named benchmark problems and held-out generated problems; ``search --shard I/N``
+runs one part of it, and ``search merge DIRS...`` puts the parts' results together.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 from jsonargparse import ArgumentParser, Namespace
 
-from sr_lightning.commands import command_parser
+from sr_lightning.commands import command_parser, shard
 
-COMMANDS = ("report", "search")
+COMMANDS = ("report", "search", "merge")
 
 
 def _common(parser: ArgumentParser) -> None:
@@ -49,7 +50,11 @@ def build_parser() -> ArgumentParser:
     _common(search)
     search.add_argument("--problems", type=int, default=10, help="held-out generated problems (default 10)")
     search.add_argument("--no-named", action="store_true", help="leave out the named benchmark problems")
-    search.add_argument("--generations", type=int, default=50, help="generation budget per run (default 50)")
+    search.add_argument("--generations", type=int, help="generations per run (default 50; no limit with "
+                                                         "--budget-seconds)")
+    search.add_argument("--budget-seconds", type=float, help="seconds per run, the same for both methods "
+                        "(BasicSR then runs more generations); the neural runs' seconds count their shares of "
+                        "the model calls")
     search.add_argument("--population", type=int, default=20)
     search.add_argument("--seeds", type=int, default=1, help="runs per problem and method (default 1)")
     search.add_argument("--temperature", type=float, default=0.8)
@@ -58,8 +63,18 @@ def build_parser() -> ArgumentParser:
                         "evolved (default: all population - 1, the original's way)")
     search.add_argument("--distinct", action="store_true", help="a proposal already in the population or the "
                         "batch falls back to an evolved child")
+    search.add_argument("--batch-runs", type=int, default=64, help="guided runs that advance together, one model "
+                        "call for all of them (default 64; more on a GPU)")
+    search.add_argument("--shard", type=shard, default=(0, 1), help="I/N: run every N-th (problem, seed) from "
+                        "the I-th (a job array's task); `search merge` combines the parts")
+    merge = command_parser("evaluate.py search merge", "combine the search.json of shards 0/N .. N-1/N",
+                           config_file=False)
+    merge.add_argument("shards", nargs="+", help="the shards' output directories (or search.json files)")
+    merge.add_argument("--out", required=True, help="where the merged search.json and search.md go")
     commands.add_subcommand("report", report, help="metrics, findings and samples on a data file (the default)")
-    commands.add_subcommand("search", search, help="neural-guided search vs BasicSR")
+    commands.add_subcommand("search", search, help="neural-guided search vs BasicSR (`search merge DIRS...`: "
+                            "combine shards)")
+    commands.add_subcommand("merge", merge, help="the same as `search merge`")
     return parser
 
 
@@ -133,17 +148,32 @@ def search(args: Namespace) -> None:
     from sr_lightning.evaluation.checkpoints import EvaluationInputError
 
     try:
-        settings = gs.ComparisonSettings(generations=args.generations, population_size=args.population,
-                                         seeds=args.seeds, held_out=args.problems, named=not args.no_named,
+        settings = gs.ComparisonSettings(generations=args.generations, budget_seconds=args.budget_seconds,
+                                         population_size=args.population, seeds=args.seeds,
+                                         held_out=args.problems, named=not args.no_named,
                                          temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                                          proposals=args.proposals, distinct=args.distinct)
-    except ValueError as error:
-        raise EvaluationInputError(f"--proposals: {error}") from None
+    except ValueError as error:  # the message starts with the setting's name
+        raise EvaluationInputError(f"--{str(error).split()[0].replace('_', '-')}: {error}") from None
+    if args.batch_runs < 1:
+        raise EvaluationInputError(f"--batch-runs must be at least 1, got {args.batch_runs}")
     model, task, info = _load(args)
-    results = gs.compare(gs.benchmark_problems(settings), settings, model, task)
-    summary = gs.summarize(results)
-    out = _out(args, info, "search")
-    gs.write_results(summary, results, settings, info["checkpoint"], out)
+    results = gs.compare(gs.benchmark_problems(settings), settings, model, task, args.batch_runs, args.shard)
+    out = _out(args, info, "search" if args.shard == (0, 1) else f"search-shard{args.shard[0]}of{args.shard[1]}")
+    _write_search(gs.summarize(results), results, settings, info["checkpoint"], out, args.shard)
+
+
+def merge(args: Namespace) -> None:
+    from sr_lightning.evaluation import guided_search as gs
+
+    results, settings, checkpoint = gs.merge([Path(s) for s in args.shards])
+    _write_search(gs.summarize(results), results, settings, checkpoint, Path(args.out))
+
+
+def _write_search(summary, results, settings, checkpoint: str, out: Path, shard: tuple[int, int] = (0, 1)) -> None:
+    from sr_lightning.evaluation import guided_search as gs
+
+    gs.write_results(summary, results, settings, checkpoint, out, shard)
     print("\n".join(gs.summary_table(summary)))
     print("runs solved by " + ", ".join(f"{who}: {n}" for who, n in gs.solved_pairs(results).items()))
     print(f"wrote {out / 'search.json'}, {out / 'search.md'}")
@@ -155,11 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sr_lightning.evaluation.checkpoints import EvaluationInputError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["search", "merge"]:
+        argv = argv[1:]
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "report")
     args = build_parser().parse_args(argv)
     try:
-        (search if args.command == "search" else report)(args[args.command])
+        {"report": report, "search": search, "merge": merge}[args.command](args[args.command])
     except (EvaluationInputError, PointsFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ usage line and one ``error:`` line, as with ``train.py``.
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,3 +30,16 @@ def comma_list(item: Callable[[Any], Any] = str) -> Callable[[str | Sequence[Any
         return tuple(item(x) for x in items if x != "")
 
     return parse
+
+
+def shard(text: str | Sequence[int]) -> tuple[int, int]:
+    """``I/N``: the I-th of N parts (0-based); a parsed pair comes back for validation."""
+    parts = text.split("/") if isinstance(text, str) else list(text)
+    try:
+        index, count = parts
+        value = int(index), int(count)
+    except ValueError:
+        raise ArgumentTypeError(f"expected I/N such as 0/4, got {text!r}") from None
+    if not 0 <= value[0] < value[1]:
+        raise ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return value

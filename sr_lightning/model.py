@@ -118,6 +118,12 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def repeat_rows(self, repeats: int) -> None:
+        """Each row ``repeats`` times in a row: the samples of a prompt continue from its one prefill."""
+        if repeats != 1:
+            self.k = self.k.repeat_interleave(repeats, dim=1)
+            self.v = self.v.repeat_interleave(repeats, dim=1)
+
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sr_lightning.decoding import generate
+from sr_lightning.decoding import generate, sample_shared
 from sr_lightning.model import GPTNeo, ModelConfig
 
 VOCAB, PAD, NO_EOS = 61, 0, -1
@@ -85,3 +85,34 @@ def test_restores_training_mode(model):
     generate(model, PROMPTS[:1], eos_id=NO_EOS, pad_id=PAD, max_new_tokens=2)
     assert model.training
     model.eval()
+
+
+def test_shared_prefill_greedy_equals_each_sample_decoded_on_its_own(model):
+    shared = sample_shared(model, PROMPTS, 3, eos_id=NO_EOS, pad_id=PAD, max_new_tokens=10, temperature=0.0)
+    alone = generate(model, PROMPTS, eos_id=NO_EOS, pad_id=PAD, max_new_tokens=10)
+    assert shared == [[out] * 3 for out in alone]
+
+
+def test_shared_prefill_with_a_point_prefix_equals_uncached_decoding():
+    from tests.test_embedders import HIDDEN, tiny_model
+
+    model = tiny_model()
+    prompts, prefixes = [[3, 4, 5, 6], [7, 8]], torch.randn(2, 4, HIDDEN)
+    shared = sample_shared(model, prompts, 2, eos_id=0, pad_id=1, max_new_tokens=6, temperature=0.0,
+                           prefixes=prefixes)
+    uncached = generate(model, prompts, eos_id=0, pad_id=1, max_new_tokens=6, prefixes=prefixes, use_cache=False)
+    assert shared == [[out] * 2 for out in uncached]
+
+
+def test_each_prompt_samples_from_its_own_generator(model):
+    def samples(prompts, seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        return sample_shared(model, prompts, 4, eos_id=NO_EOS, pad_id=PAD, max_new_tokens=8, temperature=1.0,
+                             generators=generators)
+
+    together = samples(PROMPTS[:2], [1, 2])
+    assert together[0] == samples(PROMPTS[:1], [1])[0]  # the other prompt draws from its own generator
+    assert together[1] == samples(PROMPTS[1:2], [2])[0]
+    assert len({tuple(s) for s in together[0]}) > 1  # the samples of one prompt differ
+    with pytest.raises(ValueError, match="2 generators for 1 prompts"):
+        samples(PROMPTS[:1], [1, 2])

@@ -79,6 +79,20 @@ def test_output_does_not_depend_on_worker_count(tiny, tmp_path):
         assert (other / name).read_bytes() == (out / name).read_bytes(), name
 
 
+def test_shards_hold_the_whole_datasets_lines_between_them(tiny, tmp_path):
+    out, manifest = tiny
+    parts = [main([*TINY, "--out", str(tmp_path / f"part{i}"), "--workers", "1", "--shard", f"{i}/4"]) for i in range(4)]
+    assert [p["shard"] for p in parts] == [[i, 4] for i in range(4)]
+    for split in ("train", "val", "test"):
+        whole = sorted((out / f"{split}.jsonl").read_text().splitlines())
+        assert sorted(line for i in range(4) for line in (tmp_path / f"part{i}" / f"{split}.jsonl").read_text()
+                      .splitlines()) == whole
+        assert sum(p["splits"][split]["problems"] for p in parts) == manifest["splits"][split]["problems"]
+    sidecars = [load_problems(tmp_path / f"part{i}" / "problems.json") for i in range(4)]
+    assert sorted(k for s in sidecars for k in s) == sorted(load_problems(out / "problems.json"))
+    assert sorted(sidecars[1]) == [generated_id(1), generated_id(5)]  # every 4th problem from the 2nd
+
+
 def test_ancestor_targets_follow_the_ancestry():
     problem = named_problems()["polynomial_product"]
     config = SearchConfig(population_size=10, generations=8)

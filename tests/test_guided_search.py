@@ -14,16 +14,13 @@ from sr_lightning.evaluation.checkpoints import load_for_evaluation
 from sr_lightning.evaluation.guided_search import (
     HELD_OUT_SEED_BASE,
     ComparisonSettings,
-    NeuralProposer,
     RunResult,
-    drop_repeats,
-    first_expression,
     held_out_problems,
     run_one,
-    search_pair,
     solved_pairs,
     summarize,
 )
+from sr_lightning.evaluation.proposals import NeuralProposer, drop_repeats, first_expression, search_pair
 from sr_lightning.sr.expression import parse
 from sr_lightning.sr.problems import Problem, named_problems
 from sr_lightning.sr.search import SearchConfig, run_search
@@ -155,10 +152,12 @@ def test_summary_by_hand():
                run("basic", 1e-12, 1.0, 8, seed=2),
                run("neural", 0.5, 0.995, None, 19, 10, 2.0), run("neural", 0.0, 1.0, 2, 19, 19, 3.0, seed=1)]
     summary = summarize(results)
-    assert summary["basic"] == {"runs": 3, "solve_rate": 2 / 3, "solved_by_seed": [1, 0, 1],
+    assert summary["basic"] == {"runs": 3, "solved": 2, "solve_rate": 2 / 3, "solved_by_seed": [1, 0, 1],
                                 "median_best_mse": 1e-12, "r2_rate": 2 / 3,
                                 "median_generations_to_solve": 6.0, "well_formed_rate": None,
-                                "repeat_rate": None, "wall_seconds": 3.0, "mean_seconds_per_run": 1.0}
+                                "repeat_rate": None, "mean_generations": 10.0, "wall_seconds": 3.0,
+                                "mean_seconds_per_run": 1.0, "seconds_per_generation": 0.1,
+                                "solved_per_minute": 40.0}
     assert summary["neural"]["solve_rate"] == 0.5 and summary["neural"]["r2_rate"] == 1.0
     assert summary["neural"]["median_best_mse"] == 0.25 and summary["neural"]["median_generations_to_solve"] == 2
     assert summary["neural"]["well_formed_rate"] == 29 / 38 and summary["neural"]["wall_seconds"] == 5.0
@@ -188,7 +187,7 @@ def test_search_command_writes_both_methods(tiny_run, tmp_path, capsys):
     neural = [r for r in document["runs"] if r["method"] == "neural"]
     assert len(neural) == 1 and neural[0]["proposals"] == (neural[0]["generations"] - 1) * 5
     assert "| problem |" in (tmp_path / "search.md").read_text()
-    assert "solve_rate" in capsys.readouterr().out
+    assert "| solved |" in capsys.readouterr().out
 
 
 def test_search_command_rejects_more_proposals_than_slots(tmp_path, capsys):

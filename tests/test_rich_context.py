@@ -12,7 +12,7 @@ from sr_lightning.data.points import ProblemIndex
 from sr_lightning.data.stream import LineReport, parse_lines
 from sr_lightning.data.tokenizer import SRTokenizer
 from sr_lightning.evaluation.checkpoints import load_for_evaluation
-from sr_lightning.evaluation.guided_search import NeuralProposer
+from sr_lightning.evaluation.proposals import NeuralProposer
 from sr_lightning.sr.primitives import Primitives
 from sr_lightning.sr.problems import load_problems
 from sr_lightning.sr.search import SearchConfig

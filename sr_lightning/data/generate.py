@@ -28,7 +28,7 @@ import numpy as np
 from jsonargparse import ArgumentParser, Namespace
 from tqdm import tqdm
 
-from sr_lightning.commands import comma_list, command_parser
+from sr_lightning.commands import comma_list, command_parser, shard
 from sr_lightning.data.format import context_text, dump_record, make_record, population_text
 from sr_lightning.data.points import SIDECAR
 from sr_lightning.sr.problems import (
@@ -124,8 +124,8 @@ def _problem_lines(task: tuple[Job, int]) -> tuple[Problem, list[str]]:
     return problem, [dump_record(r) for r in generate_examples(problem, job.search, job.targets)]
 
 
-def _results(job: Job, n_problems: int, workers: int) -> Iterator[tuple[Problem, list[str]]]:
-    tasks = ((job, index) for index in range(n_problems))
+def _results(job: Job, indices: Sequence[int], workers: int) -> Iterator[tuple[Problem, list[str]]]:
+    tasks = ((job, index) for index in indices)
     if workers <= 1:
         yield from map(_problem_lines, tasks)
         return
@@ -134,17 +134,21 @@ def _results(job: Job, n_problems: int, workers: int) -> Iterator[tuple[Problem,
 
 
 def write_dataset(out: str | Path, n_problems: int, job: Job, workers: int = 1,
-                  val_fraction: float = 0.1, test_fraction: float = 0.1) -> dict:
-    """Generate ``n_problems`` problems into ``out``; returns the manifest it also writes."""
+                  val_fraction: float = 0.1, test_fraction: float = 0.1, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Generate ``n_problems`` problems into ``out``; returns the manifest it also writes.
+
+    With ``shard`` (I, N) only every N-th problem from the I-th: each problem gets the lines and the split
+    it gets in the whole dataset, so N shards hold the whole dataset's lines between them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     splits = split_of_problems(n_problems, val_fraction, test_fraction, job.seed)
+    indices = range(shard[0], n_problems, shard[1])
     counts = {name: {"problems": 0, "examples": 0} for name in SPLITS}
     with ExitStack() as stack:
         files = {name: stack.enter_context(open(out / f"{name}.jsonl", "w", encoding="utf-8")) for name in SPLITS}
         sidecar = stack.enter_context(ProblemsWriter(out / SIDECAR))
-        progress = stack.enter_context(tqdm(total=n_problems, unit="problem", file=sys.stderr, disable=None))
-        for index, (problem, lines) in enumerate(_results(job, n_problems, workers)):
+        progress = stack.enter_context(tqdm(total=len(indices), unit="problem", file=sys.stderr, disable=None))
+        for index, (problem, lines) in zip(indices, _results(job, indices, workers)):
             sidecar.add(problem)
             split = splits[index]
             files[split].writelines(line + "\n" for line in lines)
@@ -155,7 +159,7 @@ def write_dataset(out: str | Path, n_problems: int, job: Job, workers: int = 1,
         "seed": job.seed, "problems": n_problems, "targets": job.targets,
         "val_fraction": val_fraction, "test_fraction": test_fraction,
         "expression_ids": f"{GENERATED_ID_BASE} + problem index",
-        "search": asdict(job.search), "problem": asdict(job.problem), "splits": counts,
+        "search": asdict(job.search), "problem": asdict(job.problem), "splits": counts, "shard": list(shard),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
@@ -177,6 +181,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--max-vars", type=int, default=ProblemConfig.max_vars)
     p.add_argument("--binary-ops", type=comma_list(), default=",".join(SearchConfig.binary_ops), help="comma list, e.g. '*,+,-'")
     p.add_argument("--unary-ops", type=comma_list(), default="", help="comma list, e.g. 'sin,cos' (default none)")
+    p.add_argument("--shard", type=shard, default=(0, 1), help="I/N: only every N-th problem from the I-th, with "
+                   "the lines and split it has in the whole dataset (one task of a job array; give each its --out)")
     return p
 
 
@@ -192,10 +198,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
     manifest = write_dataset(args.out, args.problems, job_from_args(args), args.workers,
-                             args.val_fraction, args.test_fraction)
+                             args.val_fraction, args.test_fraction, args.shard)
     seconds = time.perf_counter() - start
     examples = sum(split["examples"] for split in manifest["splits"].values())
-    print(f"{examples} examples from {args.problems} problems in {seconds:.1f}s "
+    problems = sum(split["problems"] for split in manifest["splits"].values())
+    print(f"{examples} examples from {problems} problems in {seconds:.1f}s "
           f"({examples / max(seconds, 1e-9):.0f}/s) -> {args.out}", file=sys.stderr)
     return manifest
 

@@ -1,14 +1,10 @@
-"""Neural-guided search: the model as BasicSR's proposal step, compared with plain BasicSR.
+"""Neural-guided search (the model as BasicSR's proposal step, `proposals`) compared with plain BasicSR.
 
-As the original did it (SPEC section 8): each generation keeps the elite in slot 0 and asks the
-model for P - 1 sampled completions (temperature 0.8) of a prompt that shows the current
-population; the first expression of each completion is parsed, and a completion that does not
-give a usable expression falls back to an ordinary evolutionary child. The prompt comes from
-the formatting functions the data generator uses (``context_text``, ``population_text``), so
-the model reads at search time exactly the text it was trained on.
-
-Both methods run on the same problems, with the same seeds and the same generation budget;
-a run stops as soon as it is solved (MSE <= 1e-10), so wall time measures time to solve.
+Both methods run on the same problems, with the same seeds and the same budget: generations, or
+seconds per run (``budget_seconds``; BasicSR then runs more generations); a run stops as soon as it
+is solved (MSE <= 1e-10), so its seconds measure time to solve. The guided runs advance in
+lockstep (`lockstep`), many per model call. ``shard`` splits the (problem, seed) runs over
+processes or nodes; `merge` puts the shards' results back together.
 
 Held-out problems are random problems drawn from seeds >= 2**32. The data generator's problem
 seeds are 32-bit (``SeedSequence.generate_state``), so these seeds never coincide with a
@@ -19,37 +15,37 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from ..data.batches import Encoded, fit_to_length
-from ..data.format import Pair, context_text, population_text
-from ..data.points import points_batch
-from ..decoding import generate
 from ..markdown import code_cell, table
 from ..model import GPTNeo
-from ..sr.expression import ExpressionError, mse, parse, parse_first, predict, r2
+from ..sr.expression import mse, parse, predict, r2
 from ..sr.problems import Problem, ProblemConfig, named_problems, random_problem
-from ..sr.search import SOLVED_MSE, SearchConfig, run_search, usable_proposal
+from ..sr.search import SOLVED_MSE, BasicSR, RunClock, SearchConfig, Trace
 from ..task import OneStepTask
+from .checkpoints import EvaluationInputError
+from .lockstep import GuidedRun, run_lockstep
+from .proposals import NeuralProposer
 
 HELD_OUT_SEED_BASE = 2**32  # above every 32-bit seed of the data generator's problems
 HELD_OUT_ID_BASE = 10**9  # expression ids of held-out problems, far above any generated id
 R2_THRESHOLD = 0.99
 METHODS = ("basic", "neural")
+UNLIMITED_GENERATIONS = 10**9  # with a time budget and no generation limit
+TIMING_KEYS = ("wall_seconds", "mean_seconds_per_run", "seconds_per_generation", "solved_per_minute")
 
 
 @dataclass(frozen=True)
 class ComparisonSettings:
     """The budget and sampling of the comparison."""
 
-    generations: int = 50  # generation budget per run (the original's trace setting)
+    generations: int | None = None  # generations per run; None: 50 (the original's), unlimited with a time budget
+    budget_seconds: float | None = None  # seconds per run (each method the same); None: generations alone
     population_size: int = 20  # P: the elite plus P - 1 proposals or children
     seeds: int = 1  # runs per problem and method (seeds 0 .. seeds-1, shared by both methods)
     held_out: int = 10  # generated held-out problems (besides the named benchmark problems)
@@ -60,6 +56,8 @@ class ComparisonSettings:
     distinct: bool = False  # a proposal already in the population or the batch falls back to an evolved child
 
     def __post_init__(self) -> None:
+        if self.budget_seconds is not None and self.budget_seconds <= 0:
+            raise ValueError(f"budget_seconds must be positive, got {self.budget_seconds}")
         if self.proposals is not None and not 0 <= self.proposals < self.population_size:
             raise ValueError(f"proposals must be in 0 .. population_size - 1 = {self.population_size - 1}, "
                              f"got {self.proposals}")
@@ -68,95 +66,21 @@ class ComparisonSettings:
     def proposal_count(self) -> int:
         return self.population_size - 1 if self.proposals is None else self.proposals
 
+    @property
+    def generation_limit(self) -> int:
+        if self.generations is not None:
+            return self.generations
+        return 50 if self.budget_seconds is None else UNLIMITED_GENERATIONS
+
     def search_config(self) -> SearchConfig:
-        return SearchConfig(population_size=self.population_size, generations=self.generations,
-                            early_stop_mse=SOLVED_MSE, early_stop_extra_generations=0)
+        return SearchConfig(population_size=self.population_size, generations=self.generation_limit,
+                            early_stop_mse=SOLVED_MSE, early_stop_extra_generations=0,
+                            budget_seconds=self.budget_seconds)
 
-
-# -- the proposer ---------------------------------------------------------------------------
-def search_pair(generation: int, n_vars: int, config: SearchConfig, expressions: Sequence[str],
-                fitnesses: Sequence[float]) -> Pair:
-    """The one-step example the search is at, built exactly as the data generator builds it."""
-    context = context_text(generation, n_vars, config.binary_ops, config.unary_ops, config.constants)
-    return Pair(target="", context=context, population=population_text(expressions, fitnesses))
-
-
-def first_expression(completion: str) -> str | None:
-    """The first expression of a completion, printed canonically; None when there is none."""
-    try:
-        return str(parse_first(completion))
-    except ExpressionError:
-        return None
-
-
-def drop_repeats(proposals: Sequence[str | None], population: Sequence[str]) -> list[str | None]:
-    """``proposals`` with None for each one already in ``population`` or earlier in the list.
-
-    A small model collapses onto a few expressions; without this, most of a generation can be
-    copies of one member, which the elite already keeps, and the search loses its diversity.
-    """
-    seen, kept = set(population), []
-    for proposal in proposals:
-        kept.append(None if proposal in seen else proposal)
-        seen.add(proposal)
-    return kept
-
-
-class NeuralProposer:
-    """BasicSR's `Proposer`: sampled completions of the current population's prompt, in one batch.
-
-    By default it fills all P - 1 slots (the original's way); ``count`` fills fewer, and the search
-    evolves the rest. With ``distinct``, repeats become None and fall back to evolved children too;
-    ``repeats`` counts them.
-    """
-
-    def __init__(self, model: GPTNeo, task: OneStepTask, config: SearchConfig, n_vars: int,
-                 temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
-                 distinct: bool = False, problem: Problem | None = None):
-        if task.reads_points and problem is None:
-            raise ValueError("this model reads each problem's points: give NeuralProposer the problem")
-        self.model, self.task, self.config, self.n_vars, self.problem = model, task, config, n_vars, problem
-        self.prefix = self._prefix(problem)
-        self.tokenizer = task.tokenizer
-        self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        self.count = config.population_size - 1 if count is None else count
-        self.distinct, self.repeats = distinct, 0
-        self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
-
-    @torch.inference_mode()
-    def _prefix(self, problem: Problem | None) -> torch.Tensor | None:
-        """The problem's point prefix, computed once per run, for a model that reads points."""
-        if self.model.input_embedder is None:
-            return None
-        return self.model.point_prefix(points_batch([problem], self.task.max_points))
-
-    def prompt_ids(self, generation: int, expressions: Sequence[str], fitnesses: Sequence[float]) -> list[int]:
-        """Token ids of the prompt; population members drop from the end if it leaves no room to answer."""
-        pair = search_pair(generation, self.n_vars, self.config, expressions, fitnesses)
-        if self.problem is not None:
-            pair = self.task.described(pair, self.problem)
-        (input_ids, _), = self.tokenizer.encode_pairs([pair])
-        room = Encoded(input_ids, [self.tokenizer.target_id] * (1 + self.max_new_tokens), "search")
-        fitted = fit_to_length(pair, room, self.tokenizer, self.task.max_length)
-        if fitted is None:
-            raise ValueError(f"the context alone leaves no room for {self.max_new_tokens} new tokens")
-        return self.task.prompt_ids(fitted)
-
-    def __call__(self, generation: int, expressions: list[str], fitnesses: list[float]) -> list[str | None]:
-        if self.count == 0:
-            return []
-        prompt = self.prompt_ids(generation, expressions, fitnesses)
-        outputs = generate(self.model, [prompt] * self.count, eos_id=self.tokenizer.eos_id,
-                           pad_id=self.tokenizer.pad_id, max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, generator=self.generator,
-                           prefixes=None if self.prefix is None else self.prefix.expand(self.count, -1, -1))
-        proposals = [first_expression(self.tokenizer.decode(out)) for out in outputs]
-        if not self.distinct:
-            return proposals
-        kept = drop_repeats(proposals, expressions)
-        self.repeats += sum(k is None and usable_proposal(p, self.config.max_size) is not None
-                            for p, k in zip(proposals, kept))
-        return kept
+    def budget_text(self) -> str:
+        limit = None if self.generation_limit == UNLIMITED_GENERATIONS else f"{self.generation_limit} generations"
+        seconds = None if self.budget_seconds is None else f"{self.budget_seconds:g} s"
+        return " or ".join(x for x in (limit, seconds) if x) + " per run"
 
 
 # -- problems -------------------------------------------------------------------------------
@@ -192,17 +116,19 @@ class RunResult:
     repeats: int = 0  # well-formed proposals dropped as repeats (``distinct`` only)
 
 
-def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
-            model: GPTNeo | None = None, task: OneStepTask | None = None) -> RunResult:
-    config = settings.search_config()
-    proposer = None
-    if method == "neural":
-        proposer = NeuralProposer(model, task, config, problem.n_vars, settings.temperature,
-                                  settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
-                                  count=settings.proposal_count, distinct=settings.distinct, problem=problem)
-    start = time.perf_counter()
-    trace = run_search(problem.X, problem.y, config, seed=[problem.expression_id, seed], proposer=proposer)
-    seconds = time.perf_counter() - start
+def _proposer(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
+              task: OneStepTask) -> NeuralProposer:
+    return NeuralProposer(model, task, settings.search_config(), problem.n_vars, settings.temperature,
+                          settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
+                          count=settings.proposal_count, distinct=settings.distinct, problem=problem)
+
+
+def _search(problem: Problem, seed: int, settings: ComparisonSettings) -> BasicSR:
+    return BasicSR(problem.X, problem.y, settings.search_config(), seed=[problem.expression_id, seed])
+
+
+def _result(problem: Problem, method: str, seed: int, trace: Trace, seconds: float,
+            proposer: NeuralProposer | None = None) -> RunResult:
     prediction = predict(parse(trace.best_expression), problem.X)
     error = mse(problem.y, prediction)
     return RunResult(problem.name, problem.expression_id, problem.n_vars, method, seed, trace.best_expression,
@@ -211,12 +137,33 @@ def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettin
                      seconds, proposer.repeats if proposer else 0)
 
 
-def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo,
-            task: OneStepTask) -> list[RunResult]:
-    """Both methods on every problem and seed."""
-    tasks = [(p, m, s) for p in problems for s in range(settings.seeds) for m in METHODS]
-    return [run_one(p, m, s, settings, model, task)
-            for p, m, s in tqdm(tasks, unit="run", desc="searching", disable=None)]
+def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
+            model: GPTNeo | None = None, task: OneStepTask | None = None) -> RunResult:
+    """One run alone (the neural one asks the model on its own)."""
+    proposer = _proposer(problem, seed, settings, model, task) if method == "neural" else None
+    clock = RunClock()
+    trace = _search(problem, seed, settings).run(proposer, clock)
+    return _result(problem, method, seed, trace, clock.seconds, proposer)
+
+
+def shard_runs(problems: Sequence[Problem], seeds: int, shard: tuple[int, int] = (0, 1)) -> list[tuple[Problem, int]]:
+    """The (problem, seed) runs of shard ``I`` of ``N``: every N-th, starting at the I-th (both methods run each)."""
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
+    return [(p, s) for p, s in ((p, s) for p in problems for s in range(seeds))][index::count]
+
+
+def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo, task: OneStepTask,
+            batch_runs: int = 64, shard: tuple[int, int] = (0, 1)) -> list[RunResult]:
+    """Both methods on every problem and seed of the shard: BasicSR run by run, the guided runs in lockstep."""
+    runs = shard_runs(problems, settings.seeds, shard)
+    basic = [run_one(p, "basic", s, settings) for p, s in tqdm(runs, unit="run", desc="BasicSR", disable=None)]
+    guided = run_lockstep([GuidedRun(_search(p, s, settings), _proposer(p, s, settings, model, task))
+                           for p, s in runs], batch_runs)
+    neural = [_result(p, "neural", s, run.trace, run.clock.seconds, run.proposer)
+              for (p, s), run in zip(runs, guided)]
+    return [result for pair in zip(basic, neural) for result in pair]
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -230,8 +177,10 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
         solved = [r.generations_to_solve for r in runs if r.solved and r.generations_to_solve is not None]
         proposals = sum(r.proposals for r in runs)
         seeds = sorted({r.seed for r in runs})
+        seconds, generations = sum(r.seconds for r in runs), sum(r.generations for r in runs)
         summary[method] = {
             "runs": len(runs),
+            "solved": sum(r.solved for r in runs),
             "solve_rate": sum(r.solved for r in runs) / len(runs),
             "solved_by_seed": [sum(r.solved for r in runs if r.seed == seed) for seed in seeds],
             "median_best_mse": statistics.median(r.best_mse for r in runs),
@@ -239,8 +188,11 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             "median_generations_to_solve": statistics.median(solved) if solved else None,
             "well_formed_rate": sum(r.well_formed + r.repeats for r in runs) / proposals if proposals else None,
             "repeat_rate": sum(r.repeats for r in runs) / proposals if proposals else None,
-            "wall_seconds": sum(r.seconds for r in runs),
-            "mean_seconds_per_run": statistics.fmean(r.seconds for r in runs),
+            "mean_generations": generations / len(runs),
+            "wall_seconds": seconds,  # the search's seconds: the runs' own plus their shares of model calls
+            "mean_seconds_per_run": seconds / len(runs),
+            "seconds_per_generation": seconds / generations,
+            "solved_per_minute": sum(r.solved for r in runs) / (seconds / 60) if seconds else None,
         }
     return summary
 
@@ -254,8 +206,9 @@ def solved_pairs(results: Sequence[RunResult]) -> dict[str, int]:
             "neural_only": outcome.count((False, True)), "neither": outcome.count((False, False))}
 
 
-SUMMARY_COLUMNS = ("runs", "solve_rate", "solved_by_seed", "median_best_mse", "r2_rate", "median_generations_to_solve",
-                   "well_formed_rate", "repeat_rate", "wall_seconds")
+SUMMARY_COLUMNS = ("runs", "solved", "solved_by_seed", "median_best_mse", "r2_rate", "median_generations_to_solve",
+                   "well_formed_rate", "repeat_rate", "mean_generations", "wall_seconds", "seconds_per_generation",
+                   "solved_per_minute")
 
 
 def summary_table(summary: dict[str, dict[str, Any]]) -> list[str]:
@@ -280,7 +233,7 @@ def problem_table(results: Sequence[RunResult]) -> list[str]:
 def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunResult],
                     settings: ComparisonSettings, checkpoint: str) -> str:
     lines = ["# Neural-guided search vs BasicSR", "",
-             f"Checkpoint `{checkpoint}`; {settings.generations} generations of {settings.population_size}, "
+             f"Checkpoint `{checkpoint}`; {settings.budget_text()}, populations of {settings.population_size}, "
              f"{settings.seeds} seed(s) per problem; the model fills {settings.proposal_count} of "
              f"{settings.population_size - 1} slots per generation"
              f"{' with distinct proposals' if settings.distinct else ''}, "
@@ -295,9 +248,41 @@ def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunRes
 
 
 def write_results(summary: dict[str, dict[str, Any]], results: Sequence[RunResult], settings: ComparisonSettings,
-                  checkpoint: str, out: Path) -> None:
+                  checkpoint: str, out: Path, shard: tuple[int, int] = (0, 1)) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    document = {"checkpoint": checkpoint, "settings": asdict(settings), "summary": summary,
+    document = {"checkpoint": checkpoint, "settings": asdict(settings), "shard": list(shard), "summary": summary,
                 "solved_pairs": solved_pairs(results), "runs": [asdict(r) for r in results]}
     (out / "search.json").write_text(json.dumps(document, indent=2) + "\n")
     (out / "search.md").write_text(render_markdown(summary, results, settings, checkpoint))
+
+
+# -- shards -----------------------------------------------------------------------------------
+def _read_shard(folder: Path) -> dict[str, Any]:
+    path = folder / "search.json" if folder.is_dir() else folder
+    try:
+        return {**json.loads(path.read_text()), "path": str(path)}
+    except (OSError, ValueError) as error:
+        raise EvaluationInputError(f"{path}: not a readable search.json ({error})") from None
+
+
+def merge(folders: Sequence[Path]) -> tuple[list[RunResult], ComparisonSettings, str]:
+    """The runs of shards 0..N-1 (``search.json`` of each, any order) in the order the unsharded search
+    writes them, with their common settings and checkpoint; shards that do not belong together are refused."""
+    shards = [_read_shard(Path(folder)) for folder in folders]
+    first = shards[0]
+    for shard in shards[1:]:
+        for key in ("checkpoint", "settings"):
+            if shard[key] != first[key]:
+                raise EvaluationInputError(f"{shard['path']}: its {key} differs from {first['path']}'s")
+    count = first.get("shard", [0, 1])[1]
+    by_index = {tuple(shard.get("shard", [0, 1])): shard for shard in shards}
+    wanted = {(i, count) for i in range(count)}
+    if set(by_index) != wanted or len(shards) != count:
+        given = sorted(f"{i}/{n}" for i, n in (tuple(s.get("shard", [0, 1])) for s in shards))
+        raise EvaluationInputError(f"shards {', '.join(given)} given; a merge needs each of 0/{count} .. "
+                                   f"{count - 1}/{count} exactly once")
+    runs = {i: [RunResult(**r) for r in by_index[(i, count)]["runs"]] for i in range(count)}
+    pairs = sum(len(r) for r in runs.values()) // len(METHODS)
+    ordered = [result for j in range(pairs)
+               for result in runs[j % count][(j // count) * len(METHODS):(j // count + 1) * len(METHODS)]]
+    return ordered, ComparisonSettings(**first["settings"]), first["checkpoint"]

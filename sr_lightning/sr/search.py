@@ -14,7 +14,8 @@ the original's ``random``-module stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +73,44 @@ class SearchConfig:
     mutation_depth: int = 2
     early_stop_mse: float = 3e-16  # once the best reaches this MSE ...
     early_stop_extra_generations: int = 500  # ... the run goes on at most this many more generations
+    budget_seconds: float | None = None  # a run also ends once its clock reaches this (checked each generation)
+
+
+@dataclass(frozen=True)
+class ProposalRequest:
+    """What a run asks its proposer before making generation ``index + 1``: the population it is at."""
+
+    index: int
+    expressions: list[str]
+    fitnesses: list[float]
+
+    def __iter__(self):  # a Proposer takes the three as arguments
+        return iter((self.index, self.expressions, self.fitnesses))
+
+
+class RunClock:
+    """Seconds one run has used: its own time (``with clock:``, read live) plus shares of batched model
+    calls (`charge`)."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._start: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        running = 0.0 if self._start is None else time.perf_counter() - self._start
+        return self._seconds + running
+
+    def charge(self, seconds: float) -> None:
+        self._seconds += seconds
+
+    def __enter__(self) -> RunClock:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._seconds += time.perf_counter() - self._start
+        self._start = None
 
 
 @dataclass
@@ -246,18 +285,16 @@ class BasicSR:
             child = population[parents[0]]
         return child, parents
 
-    def next_generation(self, index: int, population: list[Expr], fitnesses: list[float], best: Expr,
-                        proposer: Proposer | None = None) -> tuple[list[Expr], list[tuple[int, ...]], int, int]:
-        """Children of generation ``index``: the elite, then proposals (where usable) or evolved children.
+    def next_generation(self, population: list[Expr], fitnesses: list[float], best: Expr,
+                        proposals: Sequence[str | None] = ()) -> tuple[list[Expr], list[tuple[int, ...]], int, int]:
+        """The next population: the elite, then ``proposals`` (where usable) or evolved children.
 
         Returns (children, parent indices, proposals returned, proposals used). A used proposal has parents ().
         """
         size = self.config.population_size
         children: list[Expr] = [best]
         parents: list[tuple[int, ...]] = [(int(np.argmax(fitnesses)),)]
-        proposals: list[str | None] = []
-        if proposer is not None:
-            proposals = list(proposer(index, [str(e) for e in population], list(fitnesses)))[: size - 1]
+        proposals = list(proposals)[: size - 1]
         used = 0
         for slot in range(1, size):
             proposed = usable_proposal(proposals[slot - 1], self.config.max_size) if slot - 1 < len(proposals) else None
@@ -273,9 +310,11 @@ class BasicSR:
 
     # -- the run
 
-    def run(self, proposer: Proposer | None = None) -> Trace:
-        """Evaluate ``generations`` populations (fewer after an early stop) and return the trace."""
+    def steps(self, asks: bool, clock: RunClock | None = None) -> Generator[ProposalRequest, Sequence, Trace]:
+        """The run as a generator: with ``asks``, it yields a `ProposalRequest` before each new generation and
+        is sent the proposals back; it returns the trace. Whoever drives it keeps ``clock`` (see `RunClock`)."""
         c = self.config
+        clock = clock or RunClock()
         trace = Trace(c)
         population = self.initial_population()
         parents: list[tuple[int, ...]] = [() for _ in population]
@@ -296,12 +335,31 @@ class BasicSR:
                 [str(e) for e in population], fitnesses, parents, str(best), best_fitness, best_mse,
                 proposed, used))
             g += 1
+            if c.budget_seconds is not None and clock.seconds >= c.budget_seconds:
+                break
             if g < limit:
-                population, parents, proposed, used = self.next_generation(g - 1, population, fitnesses, best, proposer)
+                proposals = (yield ProposalRequest(g - 1, [str(e) for e in population], list(fitnesses))) if asks else ()
+                population, parents, proposed, used = self.next_generation(population, fitnesses, best, proposals)
         return trace
+
+    def run(self, proposer: Proposer | None = None, clock: RunClock | None = None) -> Trace:
+        """Evaluate ``generations`` populations (fewer after an early stop or the time budget); the trace.
+
+        ``clock`` (a new one if None) counts the run's seconds, the proposer's included."""
+        clock = clock or RunClock()
+        steps = self.steps(asks=proposer is not None, clock=clock)
+        try:
+            with clock:
+                request = next(steps)
+            while True:
+                with clock:
+                    proposals = proposer(*request)
+                    request = steps.send(proposals)
+        except StopIteration as done:
+            return done.value
 
 
 def run_search(X: np.ndarray, y: np.ndarray, config: SearchConfig = SearchConfig(),
-               seed: Seed = None, proposer: Proposer | None = None) -> Trace:
+               seed: Seed = None, proposer: Proposer | None = None, clock: RunClock | None = None) -> Trace:
     """Run BasicSR on (X, y); with ``proposer``, neural-guided search (proposals replace evolved children)."""
-    return BasicSR(X, y, config, seed).run(proposer)
+    return BasicSR(X, y, config, seed).run(proposer, clock)
