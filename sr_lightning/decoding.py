@@ -3,15 +3,53 @@
 Prompts of different lengths are LEFT-padded so that every sequence's next token sits in
 the last column; an attention mask hides the pads and position ids restart at 0 on each
 sequence's first real token, so a padded prompt decodes exactly as it would alone.
+
+Sampling draws every row's random numbers before the first step (one table per generator) and
+picks by inverse CDF, so what a row writes depends only on its own logits and numbers: never on
+the other rows of the batch, nor on when they finish. Finished rows leave the batch (their cache
+rows with them) once a quarter of it has finished, so a few long completions do not keep the
+whole batch busy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from sr_lightning.model import GPTNeo
+
+COMPACT_FRACTION = 0.25  # finished rows leave the batch once they are this share of it
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen: argmax at temperature 0, else a sample of softmax(logits / temperature),
+    restricted to the ``top_k`` most likely tokens when given."""
+
+    temperature: float = 0.0
+    top_k: int | None = None
+
+    def uniforms(self, generators: Sequence[torch.Generator | None], rows_each: int, steps: int,
+                 device: torch.device) -> torch.Tensor | None:
+        """[len(generators) * rows_each, steps] numbers in [0, 1): generator i's rows follow generator i-1's."""
+        if self.temperature == 0.0:
+            return None
+        return torch.cat([torch.rand(rows_each, steps, generator=g, device=g.device if g else device).to(device)
+                          for g in generators])
+
+    def pick(self, logits: torch.Tensor, uniform: torch.Tensor | None) -> torch.Tensor:
+        """Next token per row; ``uniform`` [rows] are the rows' numbers for this step."""
+        if uniform is None:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self.temperature
+        if self.top_k is not None:
+            kth = torch.topk(logits, min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        cdf = logits.softmax(dim=-1).cumsum(dim=-1)
+        target = (uniform.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)  # below the total: never past the last token
+        return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
 
 
 def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: int,
@@ -23,9 +61,8 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
     `prefixes` [N, P, H]: a point embedder's vectors for each prompt, read before it (computed once:
     the cache keeps them).
 
-    temperature 0 is greedy; otherwise sample from softmax(logits / temperature), restricted
-    to the `top_k` most likely tokens when given. With `batch_size`, prompts are decoded in
-    batches of similar length (less padding); results keep the order of `prompts`.
+    temperature 0 is greedy; otherwise sample (see `Sampling`) with ``generator``. With `batch_size`,
+    prompts are decoded in batches of similar length (less padding); results keep the order of `prompts`.
     A sequence also ends when it reaches the model's last position.
     `use_cache=False` recomputes the whole sequence each step: the slow reference.
     """
@@ -36,24 +73,15 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
         order.sort(key=lambda i: len(prompts[i]))
     size = batch_size or max(len(prompts), 1)
     results: list[list[int]] = [[] for _ in prompts]
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        return _pick(logits, temperature, top_k, generator)
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), size):
-                chunk = order[start:start + size]
-                prefix = None if prefixes is None else prefixes[chunk]
-                outputs = _generate_batch(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens,
-                                          pick, use_cache, prefix)
-                for i, out in zip(chunk, outputs):
-                    results[i] = out
-    finally:
-        # Callbacks generate in the middle of training; give the model back as it came.
-        model.train(was_training)
+    sampling = Sampling(temperature, top_k)
+    with _eval_mode(model):
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            prefix = None if prefixes is None else prefixes[chunk]
+            outputs = _decode(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens, sampling,
+                              [generator], use_cache, prefix, samples=1, rows_per_generator=len(chunk))
+            for i, out in zip(chunk, outputs):
+                results[i] = out
     return results
 
 
@@ -73,71 +101,86 @@ def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_
         raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts")
     if not prompts or samples < 1:
         return [[] for _ in prompts]
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        if generators is None:
-            return _pick(logits, temperature, top_k, None)
-        return torch.cat([_pick(group, temperature, top_k, generator)
-                          for group, generator in zip(logits.split(samples), generators)])
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            rows = _generate_batch(model, prompts, eos_id, pad_id, max_new_tokens, pick, True, prefixes, samples)
-    finally:
-        model.train(was_training)
+    with _eval_mode(model):
+        rows = _decode(model, prompts, eos_id, pad_id, max_new_tokens, Sampling(temperature, top_k),
+                       generators or [None], True, prefixes, samples,
+                       rows_per_generator=samples if generators else len(prompts) * samples)
     return [rows[i:i + samples] for i in range(0, len(rows), samples)]
 
 
-def _generate_batch(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
-                    pick: Callable[[torch.Tensor], torch.Tensor], use_cache: bool,
-                    prefix: torch.Tensor | None = None, samples: int = 1) -> list[list[int]]:
-    """Layout per row: [prefix][left pads][prompt]; pads are masked and positions skip them.
+class _eval_mode:
+    """Inference mode, the model in eval mode, and given back as it came (callbacks generate mid-training)."""
 
-    Rows are the prompts' samples in order (prompt 0's ``samples`` rows first); with the cache, the
-    prompts run once and their cache rows are copied to their samples.
+    def __init__(self, model: GPTNeo) -> None:
+        self.model, self.inference = model, torch.inference_mode()
+
+    def __enter__(self) -> None:
+        self.was_training = self.model.training
+        self.model.eval()
+        self.inference.__enter__()
+
+    def __exit__(self, *exc) -> None:
+        self.inference.__exit__(*exc)
+        self.model.train(self.was_training)
+
+
+def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
+            sampling: Sampling, generators: Sequence[torch.Generator | None], use_cache: bool,
+            prefix: torch.Tensor | None, samples: int, rows_per_generator: int) -> list[list[int]]:
+    """New tokens of each row; rows are the prompts' samples in order (prompt 0's ``samples`` rows first).
+
+    Layout per row: [prefix][left pads][prompt]; pads are masked and positions skip them. With the
+    cache, the prompts run once and their cache rows are copied to their samples.
     """
     device = model.wte.weight.device
     p = 0 if prefix is None else prefix.shape[1]
     width = p + max(len(prompt) for prompt in prompts)
     if width > model.config.n_positions:
         raise ValueError(f"prompt of {width} positions exceeds the model's {model.config.n_positions}")
+    rows = len(prompts) * samples
     steps = min(max_new_tokens, model.config.n_positions - width)
     if steps <= 0:
-        return [[] for _ in range(len(prompts) * samples)]
+        return [[] for _ in range(rows)]
+    uniforms = sampling.uniforms(generators, rows_per_generator, steps, device)
     ids, mask = _left_pad(prompts, pad_id, device)
     mask = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
     positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     prefix = None if prefix is None else prefix.to(device)
     cache = model.new_kv_cache(len(prompts), width + steps) if use_cache else None
     if use_cache:
-        hidden = model(ids, position_ids=positions, attention_mask=mask, kv_cache=cache, prefix=prefix)
-        cache.repeat_rows(samples)
+        hidden = model(ids, position_ids=positions, attention_mask=mask, kv_cache=cache, prefix=prefix)[:, -1]
+        cache.select_rows(torch.arange(len(prompts), device=device).repeat_interleave(samples))
+        hidden = hidden.repeat_interleave(samples, dim=0)
     ids, mask, positions = (t.repeat_interleave(samples, dim=0) for t in (ids, mask, positions))
-    if use_cache:
-        hidden = hidden[:, -1:].repeat_interleave(samples, dim=0)
-    else:
+    if not use_cache:
         prefix = None if prefix is None else prefix.repeat_interleave(samples, dim=0)
-        hidden = model(ids, position_ids=positions, attention_mask=mask, prefix=prefix)
-    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-    new_tokens = []
+        hidden = model(ids, position_ids=positions, attention_mask=mask, prefix=prefix)[:, -1]
+    live = torch.arange(rows, device=device)  # the row each batch row is
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    tokens = torch.full((rows, steps), eos_id, dtype=torch.long, device=device)
     for step in range(steps):
-        token = pick(model.lm_head(hidden[:, -1])).masked_fill(finished, pad_id)
-        new_tokens.append(token)
+        token = sampling.pick(model.lm_head(hidden), None if uniforms is None else uniforms[live, step])
+        tokens[live, step] = token
         finished |= token == eos_id
         if bool(finished.all()) or step == steps - 1:
             break
+        if finished.sum() >= COMPACT_FRACTION * len(finished):
+            keep = (~finished).nonzero().squeeze(1)
+            live, finished, token, ids, positions, mask = (t[keep] for t in (live, finished, token, ids, positions, mask))
+            if use_cache:
+                cache.select_rows(keep)
+            elif prefix is not None:
+                prefix = prefix[keep]
         token, next_position = token.unsqueeze(1), positions[:, -1:] + 1
         ids = torch.cat([ids, token], dim=1)
         positions = torch.cat([positions, next_position], dim=1)
         mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
         # With a cache only the new token goes in; without one, the whole sequence (and prefix) again.
         if use_cache:
-            hidden = model(token, position_ids=next_position, attention_mask=mask, kv_cache=cache)
+            hidden = model(token, position_ids=next_position, attention_mask=mask, kv_cache=cache)[:, -1]
         else:
-            hidden = model(ids, position_ids=positions, attention_mask=mask, prefix=prefix)
-    return [_until_eos(row, eos_id) for row in torch.stack(new_tokens, dim=1).tolist()]
+            hidden = model(ids, position_ids=positions, attention_mask=mask, prefix=prefix)[:, -1]
+    return [_until_eos(row, eos_id) for row in tokens.tolist()]
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,18 +192,6 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tu
         ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
         mask[row, width - len(prompt):] = True
     return ids.to(device), mask.to(device)
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_k: int | None,
-          generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row: argmax at temperature 0, else a (top-k) sample."""
-    if temperature == 0.0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
 
 
 def _until_eos(tokens: list[int], eos_id: int) -> list[int]:

@@ -118,11 +118,11 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
-    def repeat_rows(self, repeats: int) -> None:
-        """Each row ``repeats`` times in a row: the samples of a prompt continue from its one prefill."""
-        if repeats != 1:
-            self.k = self.k.repeat_interleave(repeats, dim=1)
-            self.v = self.v.repeat_interleave(repeats, dim=1)
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep these rows, in this order: a row given k times gives k samples its prefill; a finished row
+        left out stops costing."""
+        self.k = self.k.index_select(1, rows)
+        self.v = self.v.index_select(1, rows)
 
 
 

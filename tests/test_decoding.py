@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sr_lightning.decoding import generate, sample_shared
+from sr_lightning.decoding import Sampling, generate, sample_shared
 from sr_lightning.model import GPTNeo, ModelConfig
 
 VOCAB, PAD, NO_EOS = 61, 0, -1
@@ -116,3 +116,26 @@ def test_each_prompt_samples_from_its_own_generator(model):
     assert len({tuple(s) for s in together[0]}) > 1  # the samples of one prompt differ
     with pytest.raises(ValueError, match="2 generators for 1 prompts"):
         samples(PROMPTS[:1], [1, 2])
+
+
+def test_inverse_cdf_sampling_follows_the_distribution_and_top_k():
+    probs = torch.tensor([0.1, 0.2, 0.0, 0.7])
+    logits = probs.log().expand(200_000, -1)
+    uniform = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(Sampling(1.0).pick(logits, uniform), minlength=4) / 200_000
+    assert torch.allclose(counts, probs, atol=0.005) and counts[2] == 0  # never a token of probability 0
+    top2 = torch.bincount(Sampling(1.0, top_k=2).pick(logits, uniform), minlength=4) / 200_000
+    assert torch.allclose(top2, torch.tensor([0.0, 2 / 9, 0.0, 7 / 9]), atol=0.005)
+    assert torch.equal(Sampling(0.0).pick(logits[:3], None), torch.tensor([3, 3, 3]))
+
+
+def test_a_rows_samples_do_not_depend_on_when_the_other_rows_finish(model):
+    """Finished rows leave the batch part-way (a quarter at a time); the rows left draw their own numbers."""
+    def samples(prompts, seeds):
+        return sample_shared(model, prompts, 6, eos_id=7, pad_id=PAD, max_new_tokens=30, temperature=3.0,
+                             generators=[torch.Generator().manual_seed(s) for s in seeds])
+
+    together = samples(PROMPTS, [1, 2, 3, 4])
+    lengths = [len(out) for rows in together for out in rows]
+    assert min(lengths) < 10 and max(lengths) == 30  # some rows ended early, some ran to the limit
+    assert [samples([prompt], [seed])[0] for prompt, seed in zip(PROMPTS, [1, 2, 3, 4])] == together

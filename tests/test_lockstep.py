@@ -13,9 +13,9 @@ from sr_lightning.evaluation.checkpoints import load_for_evaluation
 from sr_lightning.evaluation.guided_search import (
     TIMING_KEYS,
     ComparisonSettings,
-    _proposer,
-    _result,
-    _search,
+    proposer_for,
+    result_of,
+    search_for,
     benchmark_problems,
     compare,
     run_one,
@@ -40,12 +40,12 @@ def _without_seconds(result) -> dict:
 def test_a_run_in_lockstep_is_the_run_alone(trained):
     model, task = trained
     problems = benchmark_problems(SETTINGS)
-    runs = [GuidedRun(_search(p, s, SETTINGS), _proposer(p, s, SETTINGS, model, task))
+    runs = [GuidedRun(search_for(p, s, SETTINGS), proposer_for(p, s, SETTINGS, model, task))
             for p, s in shard_runs(problems, SETTINGS.seeds)]
     done = run_lockstep(runs, batch_runs=1, progress=False)
     for (problem, seed), run in zip(shard_runs(problems, SETTINGS.seeds), done):
         alone = run_one(problem, "neural", seed, SETTINGS, model, task)
-        assert _without_seconds(_result(problem, "neural", seed, run.trace, 0.0, run.proposer)) == \
+        assert _without_seconds(result_of(problem, "neural", seed, run.trace, 0.0, run.proposer)) == \
             _without_seconds(alone)
         assert run.clock.seconds > 0
 

@@ -116,18 +116,18 @@ class RunResult:
     repeats: int = 0  # well-formed proposals dropped as repeats (``distinct`` only)
 
 
-def _proposer(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
+def proposer_for(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
               task: OneStepTask) -> NeuralProposer:
     return NeuralProposer(model, task, settings.search_config(), problem.n_vars, settings.temperature,
                           settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
                           count=settings.proposal_count, distinct=settings.distinct, problem=problem)
 
 
-def _search(problem: Problem, seed: int, settings: ComparisonSettings) -> BasicSR:
+def search_for(problem: Problem, seed: int, settings: ComparisonSettings) -> BasicSR:
     return BasicSR(problem.X, problem.y, settings.search_config(), seed=[problem.expression_id, seed])
 
 
-def _result(problem: Problem, method: str, seed: int, trace: Trace, seconds: float,
+def result_of(problem: Problem, method: str, seed: int, trace: Trace, seconds: float,
             proposer: NeuralProposer | None = None) -> RunResult:
     prediction = predict(parse(trace.best_expression), problem.X)
     error = mse(problem.y, prediction)
@@ -140,10 +140,10 @@ def _result(problem: Problem, method: str, seed: int, trace: Trace, seconds: flo
 def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
             model: GPTNeo | None = None, task: OneStepTask | None = None) -> RunResult:
     """One run alone (the neural one asks the model on its own)."""
-    proposer = _proposer(problem, seed, settings, model, task) if method == "neural" else None
+    proposer = proposer_for(problem, seed, settings, model, task) if method == "neural" else None
     clock = RunClock()
-    trace = _search(problem, seed, settings).run(proposer, clock)
-    return _result(problem, method, seed, trace, clock.seconds, proposer)
+    trace = search_for(problem, seed, settings).run(proposer, clock)
+    return result_of(problem, method, seed, trace, clock.seconds, proposer)
 
 
 def shard_runs(problems: Sequence[Problem], seeds: int, shard: tuple[int, int] = (0, 1)) -> list[tuple[Problem, int]]:
@@ -159,9 +159,9 @@ def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GP
     """Both methods on every problem and seed of the shard: BasicSR run by run, the guided runs in lockstep."""
     runs = shard_runs(problems, settings.seeds, shard)
     basic = [run_one(p, "basic", s, settings) for p, s in tqdm(runs, unit="run", desc="BasicSR", disable=None)]
-    guided = run_lockstep([GuidedRun(_search(p, s, settings), _proposer(p, s, settings, model, task))
+    guided = run_lockstep([GuidedRun(search_for(p, s, settings), proposer_for(p, s, settings, model, task))
                            for p, s in runs], batch_runs)
-    neural = [_result(p, "neural", s, run.trace, run.clock.seconds, run.proposer)
+    neural = [result_of(p, "neural", s, run.trace, run.clock.seconds, run.proposer)
               for (p, s), run in zip(runs, guided)]
     return [result for pair in zip(basic, neural) for result in pair]
 
