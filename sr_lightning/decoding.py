@@ -21,6 +21,7 @@ import torch
 from sr_lightning.model import GPTNeo
 
 COMPACT_FRACTION = 0.25  # finished rows leave the batch once they are this share of it
+PREFILL_CHUNK = 8  # prompts per prefill pass, sorted by length: little padding, still batched
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,7 @@ class _eval_mode:
 def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
             sampling: Sampling, generators: Sequence[torch.Generator | None], use_cache: bool,
             prefix: torch.Tensor | None, samples: int, rows_per_generator: int) -> list[list[int]]:
-    """New tokens of each row; rows are the prompts' samples in order (prompt 0's ``samples`` rows first).
-
-    Layout per row: [prefix][left pads][prompt]; pads are masked and positions skip them. With the
-    cache, the prompts run once and their cache rows are copied to their samples.
-    """
-    device = model.wte.weight.device
+    """New tokens of each row; rows are the prompts' samples in order (prompt 0's ``samples`` rows first)."""
     p = 0 if prefix is None else prefix.shape[1]
     width = p + max(len(prompt) for prompt in prompts)
     if width > model.config.n_positions:
@@ -141,23 +137,14 @@ def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, m
     steps = min(max_new_tokens, model.config.n_positions - width)
     if steps <= 0:
         return [[] for _ in range(rows)]
+    device = model.wte.weight.device
     uniforms = sampling.uniforms(generators, rows_per_generator, steps, device)
-    ids, mask = _left_pad(prompts, pad_id, device)
-    mask = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
-    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
     prefix = None if prefix is None else prefix.to(device)
-    cache = model.new_kv_cache(len(prompts), width + steps) if use_cache else None
-    if use_cache:
-        hidden = model(ids, position_ids=positions, attention_mask=mask, kv_cache=cache, prefix=prefix)[:, -1]
-        cache.select_rows(torch.arange(len(prompts), device=device).repeat_interleave(samples))
-        hidden = hidden.repeat_interleave(samples, dim=0)
-    ids, mask, positions = (t.repeat_interleave(samples, dim=0) for t in (ids, mask, positions))
-    if not use_cache:
-        prefix = None if prefix is None else prefix.repeat_interleave(samples, dim=0)
-        hidden = model(ids, position_ids=positions, attention_mask=mask, prefix=prefix)[:, -1]
+    batch = (_CachedRows if use_cache else _RecomputedRows)(model, prompts, prefix, pad_id, steps, samples)
     live = torch.arange(rows, device=device)  # the row each batch row is
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens = torch.full((rows, steps), eos_id, dtype=torch.long, device=device)
+    hidden = batch.hidden
     for step in range(steps):
         token = sampling.pick(model.lm_head(hidden), None if uniforms is None else uniforms[live, step])
         tokens[live, step] = token
@@ -166,21 +153,83 @@ def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, m
             break
         if finished.sum() >= COMPACT_FRACTION * len(finished):
             keep = (~finished).nonzero().squeeze(1)
-            live, finished, token, ids, positions, mask = (t[keep] for t in (live, finished, token, ids, positions, mask))
-            if use_cache:
-                cache.select_rows(keep)
-            elif prefix is not None:
-                prefix = prefix[keep]
-        token, next_position = token.unsqueeze(1), positions[:, -1:] + 1
-        ids = torch.cat([ids, token], dim=1)
-        positions = torch.cat([positions, next_position], dim=1)
-        mask = torch.cat([mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
-        # With a cache only the new token goes in; without one, the whole sequence (and prefix) again.
-        if use_cache:
-            hidden = model(token, position_ids=next_position, attention_mask=mask, kv_cache=cache)[:, -1]
-        else:
-            hidden = model(ids, position_ids=positions, attention_mask=mask, prefix=prefix)[:, -1]
+            live, finished, token = live[keep], finished[keep], token[keep]
+            batch.keep(keep)
+        hidden = batch.step(token)
     return [_until_eos(row, eos_id) for row in tokens.tolist()]
+
+
+class _CachedRows:
+    """The rows' KV cache. The prompts run in chunks of similar length (little padding), each chunk
+    right-aligned into one cache, and each prompt's cache rows are then copied to its samples.
+
+    Row layout: [left pads][prefix][pads of its chunk][prompt]; pads are masked and positions skip them.
+    """
+
+    def __init__(self, model: GPTNeo, prompts: list[list[int]], prefix: torch.Tensor | None, pad_id: int,
+                 steps: int, samples: int, chunk: int = PREFILL_CHUNK) -> None:
+        device = model.wte.weight.device
+        p = 0 if prefix is None else prefix.shape[1]
+        width = p + max(len(prompt) for prompt in prompts)
+        self.model, self.cache = model, model.new_kv_cache(len(prompts), width + steps)
+        self.mask = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
+        self.position = torch.zeros(len(prompts), 1, dtype=torch.long, device=device)
+        self.hidden = torch.empty(len(prompts), model.config.hidden_size, device=device,
+                                  dtype=model.wte.weight.dtype)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), chunk):
+            rows = torch.tensor(order[start:start + chunk], device=device)
+            ids, mask = _left_pad([prompts[i] for i in rows.tolist()], pad_id, device)
+            mask = torch.cat([mask.new_ones(len(rows), p), mask], dim=1)
+            positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+            part = model.new_kv_cache(len(rows), mask.shape[1])
+            hidden = model(ids, position_ids=positions, attention_mask=mask, kv_cache=part,
+                           prefix=None if prefix is None else prefix[rows])
+            self.cache.place(rows, part, width - mask.shape[1])
+            self.mask[rows, width - mask.shape[1]:] = mask
+            self.position[rows] = positions[:, -1:]
+            self.hidden[rows] = hidden[:, -1]
+        self.cache.length = width
+        self.keep(torch.arange(len(prompts), device=device).repeat_interleave(samples))
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.cache.select_rows(rows)
+        self.mask, self.position, self.hidden = self.mask[rows], self.position[rows], self.hidden[rows]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        """The hidden state after ``token`` [rows]: only the new token goes through the model."""
+        self.position = self.position + 1
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(token), 1)], dim=1)
+        return self.model(token.unsqueeze(1), position_ids=self.position, attention_mask=self.mask,
+                          kv_cache=self.cache)[:, -1]
+
+
+class _RecomputedRows:
+    """The slow reference: every step runs the whole left-padded sequence (and prefix) again."""
+
+    def __init__(self, model: GPTNeo, prompts: list[list[int]], prefix: torch.Tensor | None, pad_id: int,
+                 steps: int, samples: int) -> None:
+        device = model.wte.weight.device
+        ids, mask = _left_pad(prompts, pad_id, device)
+        p = 0 if prefix is None else prefix.shape[1]
+        mask = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
+        self.model, self.prefix = model, prefix
+        self.ids, self.mask = ids, mask
+        self.keep(torch.arange(len(prompts), device=device).repeat_interleave(samples))
+        self.hidden = self._run()
+
+    def _run(self) -> torch.Tensor:
+        positions = (self.mask.long().cumsum(1) - 1).clamp(min=0)
+        return self.model(self.ids, position_ids=positions, attention_mask=self.mask, prefix=self.prefix)[:, -1]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.ids, self.mask = self.ids[rows], self.mask[rows]
+        self.prefix = None if self.prefix is None else self.prefix[rows]
+
+    def step(self, token: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, token.unsqueeze(1)], dim=1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(token), 1)], dim=1)
+        return self._run()
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

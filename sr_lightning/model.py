@@ -118,6 +118,12 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def place(self, rows: torch.Tensor, part: KVCache, start: int) -> None:
+        """Write ``part`` (a cache of ``len(rows)`` rows) into these rows from position ``start`` on."""
+        end = start + part.length
+        self.k[:, rows, :, start:end] = part.k[:, :, :, :part.length]
+        self.v[:, rows, :, start:end] = part.v[:, :, :, :part.length]
+
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep these rows, in this order: a row given k times gives k samples its prefill; a finished row
         left out stops costing."""
