@@ -174,9 +174,7 @@ class _CachedRows:
         self.model, self.cache = model, model.new_kv_cache(len(prompts), width + steps)
         self.mask = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
         self.position = torch.zeros(len(prompts), 1, dtype=torch.long, device=device)
-        self.hidden = torch.empty(len(prompts), model.config.hidden_size, device=device,
-                                  dtype=model.wte.weight.dtype)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        order, last = sorted(range(len(prompts)), key=lambda i: len(prompts[i])), []
         for start in range(0, len(order), chunk):
             rows = torch.tensor(order[start:start + chunk], device=device)
             ids, mask = _left_pad([prompts[i] for i in rows.tolist()], pad_id, device)
@@ -188,7 +186,8 @@ class _CachedRows:
             self.cache.place(rows, part, width - mask.shape[1])
             self.mask[rows, width - mask.shape[1]:] = mask
             self.position[rows] = positions[:, -1:]
-            self.hidden[rows] = hidden[:, -1]
+            last.append(hidden[:, -1])
+        self.hidden = torch.cat(last)[torch.argsort(torch.tensor(order, device=device))]
         self.cache.length = width
         self.keep(torch.arange(len(prompts), device=device).repeat_interleave(samples))
 
