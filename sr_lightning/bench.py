@@ -230,6 +230,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           f"{datamodule.hparams.num_workers} workers, compile={bool(module.hparams.compile)}, "
           f"MKL_CBWR={os.environ.get('MKL_CBWR', 'unset')}", flush=True)
 
+    if args.compare and module.model.input_embedder is not None:
+        raise SystemExit(f"error: --compare runs HF references that read no points; this model reads them "
+                         f"({model_config.input_embedder}): add --input-embedder none")
     trainer_args = {**trainer_config, "accelerator": accelerator, "precision": precision, "device": device}
     ours, batches = run_ours(module, datamodule, trainer_args, args.steps, args.warmup)
     print(ours.line(), flush=True)

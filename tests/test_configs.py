@@ -44,3 +44,10 @@ def test_missing_data_file_is_one_clear_line(tmp_path):
                        "--data.train_files", str(tmp_path / "nope.jsonl"), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: data file not found: {tmp_path / 'nope.jsonl'}"
+
+
+def test_the_originals_tiny_recipe_reads_the_data_points():
+    import yaml
+
+    model = yaml.safe_load((ROOT / "configs/onestep-tiny.yaml").read_text())["model"]
+    assert model["preset"] == "tiny" and model["input_embedder"] == "e2e"  # as the original's onestep-tiny.json
