@@ -89,12 +89,14 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
 def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_id: int, pad_id: int,
                   max_new_tokens: int = 64, temperature: float = 0.8, top_k: int | None = None,
                   generators: Sequence[torch.Generator | None] | None = None,
-                  prefixes: torch.Tensor | None = None) -> list[list[list[int]]]:
-    """``samples`` completions of each prompt (its new tokens, up to `eos_id`), in one batch.
+                  prefixes: torch.Tensor | None = None, prompts_per_pass: int | None = None) -> list[list[list[int]]]:
+    """``samples`` completions of each prompt (its new tokens, up to `eos_id`).
 
     Each prompt, and its point prefix, runs through the model once; its KV cache is then copied to
     its samples, which decode on from there. ``generators[i]`` draws prompt i's samples alone, so a
     prompt's completions do not depend on the other prompts of the batch (given equal logits).
+    ``prompts_per_pass``: decode prompts of similar length together, this many at a time (every row
+    attends over its pass's longest prompt); None: all in one pass.
     """
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -102,11 +104,19 @@ def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_
         raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts")
     if not prompts or samples < 1:
         return [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    size = prompts_per_pass or len(prompts)
+    results: list[list[list[int]]] = [[] for _ in prompts]
     with _eval_mode(model):
-        rows = _decode(model, prompts, eos_id, pad_id, max_new_tokens, Sampling(temperature, top_k),
-                       generators or [None], True, prefixes, samples,
-                       rows_per_generator=samples if generators else len(prompts) * samples)
-    return [rows[i:i + samples] for i in range(0, len(rows), samples)]
+        for start in range(0, len(order), size):
+            chunk = order[start:start + size]
+            rows = _decode(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens,
+                           Sampling(temperature, top_k), [generators[i] for i in chunk] if generators else [None],
+                           True, None if prefixes is None else prefixes[chunk], samples,
+                           rows_per_generator=samples if generators else len(chunk) * samples)
+            for n, i in enumerate(chunk):
+                results[i] = rows[n * samples:(n + 1) * samples]
+    return results
 
 
 class _eval_mode:

@@ -139,3 +139,12 @@ def test_a_rows_samples_do_not_depend_on_when_the_other_rows_finish(model):
     lengths = [len(out) for rows in together for out in rows]
     assert min(lengths) < 10 and max(lengths) == 30  # some rows ended early, some ran to the limit
     assert [samples([prompt], [seed])[0] for prompt, seed in zip(PROMPTS, [1, 2, 3, 4])] == together
+
+
+def test_passes_of_similar_length_give_each_prompt_the_same_samples(model):
+    def samples(per_pass):
+        return sample_shared(model, PROMPTS, 3, eos_id=NO_EOS, pad_id=PAD, max_new_tokens=8, temperature=1.0,
+                             generators=[torch.Generator().manual_seed(s) for s in range(4)],
+                             prompts_per_pass=per_pass)
+
+    assert samples(2) == samples(None)  # shorter prompts decode in their own pass, their rows unchanged

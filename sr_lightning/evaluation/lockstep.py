@@ -31,7 +31,7 @@ class GuidedRun:
     clock: RunClock = field(default_factory=RunClock)
     request: ProposalRequest | None = None
     trace: Trace | None = None
-    _steps: Generator | None = None
+    _steps: Generator | None = field(default=None, init=False, repr=False)
 
     def advance(self, proposals: Sequence[str | None] | None = None) -> bool:
         """Start the run (``proposals`` None) or answer its request; False once it is over."""

@@ -27,6 +27,8 @@ from ..sr.problems import Problem
 from ..sr.search import ProposalRequest, SearchConfig, usable_proposal
 from ..task import OneStepTask
 
+CPU_PROMPTS_PER_PASS = 4
+
 
 def search_pair(generation: int, n_vars: int, config: SearchConfig, expressions: Sequence[str],
                 fitnesses: Sequence[float]) -> Pair:
@@ -111,6 +113,12 @@ class NeuralProposer:
         return propose_together([(self, ProposalRequest(generation, expressions, fitnesses))])[0]
 
 
+def prompts_per_pass(device: torch.device) -> int | None:
+    """Prompts decoded together. On a CPU, passes of 4 prompts of similar length beat one pass of all
+    (each row attends over its pass's longest prompt; measured in BENCHMARKS.md); a GPU takes all at once."""
+    return CPU_PROMPTS_PER_PASS if device.type == "cpu" else None
+
+
 def propose_together(asks: Sequence[tuple[NeuralProposer, ProposalRequest]]) -> list[list[str | None]]:
     """Every run's proposals for the population it is at, from one batched model call: each prompt
     (and point prefix) runs once, its samples continue from its cache, each run draws from its own
@@ -125,6 +133,6 @@ def propose_together(asks: Sequence[tuple[NeuralProposer, ProposalRequest]]) -> 
     outputs = sample_shared(first.model, prompts, first.count, eos_id=first.tokenizer.eos_id,
                             pad_id=first.tokenizer.pad_id, max_new_tokens=first.max_new_tokens,
                             temperature=first.temperature, generators=[p.generator for p, _ in asks],
-                            prefixes=prefixes)
+                            prefixes=prefixes, prompts_per_pass=prompts_per_pass(first.model.wte.weight.device))
     return [proposer.proposals(completions, request.expressions)
             for (proposer, request), completions in zip(asks, outputs)]
