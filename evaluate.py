@@ -63,6 +63,8 @@ def build_parser() -> ArgumentParser:
                         "evolved (default: all population - 1, the original's way)")
     search.add_argument("--distinct", action="store_true", help="a proposal already in the population or the "
                         "batch falls back to an evolved child")
+    search.add_argument("--constrained", action="store_true", help="sample only well-formed expressions over "
+                        "each problem's variables, operators and constants (a prefix-validity mask per token)")
     search.add_argument("--batch-runs", type=int, default=64, help="guided runs that advance together, one model "
                         "call for all of them (default 64; more on a GPU)")
     search.add_argument("--shard", type=shard, default=(0, 1), help="I/N: run every N-th (problem, seed) from "
@@ -152,7 +154,8 @@ def search(args: Namespace) -> None:
                                          population_size=args.population, seeds=args.seeds,
                                          held_out=args.problems, named=not args.no_named,
                                          temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                                         proposals=args.proposals, distinct=args.distinct)
+                                         proposals=args.proposals, distinct=args.distinct,
+                                         constrained=args.constrained)
     except ValueError as error:  # the message starts with the setting's name
         raise EvaluationInputError(f"--{str(error).split()[0].replace('_', '-')}: {error}") from None
     if args.batch_runs < 1:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from sr_lightning.constrained import ExpressionGrammar, RowStates
 from sr_lightning.model import GPTNeo
 
 COMPACT_FRACTION = 0.25  # finished rows leave the batch once they are this share of it
@@ -89,14 +90,16 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
 def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_id: int, pad_id: int,
                   max_new_tokens: int = 64, temperature: float = 0.8, top_k: int | None = None,
                   generators: Sequence[torch.Generator | None] | None = None,
-                  prefixes: torch.Tensor | None = None, prompts_per_pass: int | None = None) -> list[list[list[int]]]:
+                  prefixes: torch.Tensor | None = None, prompts_per_pass: int | None = None,
+                  grammars: Sequence[ExpressionGrammar] | None = None) -> list[list[list[int]]]:
     """``samples`` completions of each prompt (its new tokens, up to `eos_id`).
 
     Each prompt, and its point prefix, runs through the model once; its KV cache is then copied to
     its samples, which decode on from there. ``generators[i]`` draws prompt i's samples alone, so a
     prompt's completions do not depend on the other prompts of the batch (given equal logits).
     ``prompts_per_pass``: decode prompts of similar length together, this many at a time (every row
-    attends over its pass's longest prompt); None: all in one pass.
+    attends over its pass's longest prompt); None: all in one pass. ``grammars[i]``: prompt i's samples
+    are expressions of that grammar (`constrained`), closed before ``max_new_tokens`` run out.
     """
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
@@ -113,7 +116,8 @@ def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_
             rows = _decode(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens,
                            Sampling(temperature, top_k), [generators[i] for i in chunk] if generators else [None],
                            True, None if prefixes is None else prefixes[chunk], samples,
-                           rows_per_generator=samples if generators else len(chunk) * samples)
+                           rows_per_generator=samples if generators else len(chunk) * samples,
+                           grammars=None if grammars is None else [grammars[i] for i in chunk])
             for n, i in enumerate(chunk):
                 results[i] = rows[n * samples:(n + 1) * samples]
     return results
@@ -137,7 +141,8 @@ class _eval_mode:
 
 def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
             sampling: Sampling, generators: Sequence[torch.Generator | None], use_cache: bool,
-            prefix: torch.Tensor | None, samples: int, rows_per_generator: int) -> list[list[int]]:
+            prefix: torch.Tensor | None, samples: int, rows_per_generator: int,
+            grammars: Sequence[ExpressionGrammar] | None = None) -> list[list[int]]:
     """New tokens of each row; rows are the prompts' samples in order (prompt 0's ``samples`` rows first)."""
     p = 0 if prefix is None else prefix.shape[1]
     width = p + max(len(prompt) for prompt in prompts)
@@ -154,9 +159,15 @@ def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, m
     live = torch.arange(rows, device=device)  # the row each batch row is
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens = torch.full((rows, steps), eos_id, dtype=torch.long, device=device)
+    rules = None if grammars is None else RowStates([g for g in grammars for _ in range(samples)])
     hidden = batch.hidden
     for step in range(steps):
-        token = sampling.pick(model.lm_head(hidden), None if uniforms is None else uniforms[live, step])
+        logits = model.lm_head(hidden)
+        if rules is not None:
+            logits = logits.masked_fill(~rules.mask(live.tolist(), steps - step, device), float("-inf"))
+        token = sampling.pick(logits, None if uniforms is None else uniforms[live, step])
+        if rules is not None:
+            rules.advance(live.tolist(), token.tolist())
         tokens[live, step] = token
         finished |= token == eos_id
         if bool(finished.all()) or step == steps - 1:

@@ -54,6 +54,7 @@ class ComparisonSettings:
     max_new_tokens: int = 64  # decoding budget per proposal
     proposals: int | None = None  # slots the model fills per generation; None: all P - 1 (the original's)
     distinct: bool = False  # a proposal already in the population or the batch falls back to an evolved child
+    constrained: bool = False  # sample only well-formed expressions over the problem's primitives
 
     def __post_init__(self) -> None:
         if self.budget_seconds is not None and self.budget_seconds <= 0:
@@ -120,7 +121,8 @@ def proposer_for(problem: Problem, seed: int, settings: ComparisonSettings, mode
               task: OneStepTask) -> NeuralProposer:
     return NeuralProposer(model, task, settings.search_config(), problem.n_vars, settings.temperature,
                           settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
-                          count=settings.proposal_count, distinct=settings.distinct, problem=problem)
+                          count=settings.proposal_count, distinct=settings.distinct, problem=problem,
+                          constrained=settings.constrained)
 
 
 def search_for(problem: Problem, seed: int, settings: ComparisonSettings) -> BasicSR:
@@ -236,7 +238,8 @@ def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunRes
              f"Checkpoint `{checkpoint}`; {settings.budget_text()}, populations of {settings.population_size}, "
              f"{settings.seeds} seed(s) per problem; the model fills {settings.proposal_count} of "
              f"{settings.population_size - 1} slots per generation"
-             f"{' with distinct proposals' if settings.distinct else ''}, "
+             f"{' with distinct proposals' if settings.distinct else ''}"
+             f"{', constrained to well-formed expressions' if settings.constrained else ''}, "
              f"sampled at temperature {settings.temperature}; "
              f"solved = MSE <= {SOLVED_MSE:g} on the problem's points.", "", "## Summary", ""]
     pairs = solved_pairs(results)

@@ -19,6 +19,7 @@ import torch
 
 from ..data.batches import Encoded, fit_to_length
 from ..data.format import Pair, context_text, population_text
+from ..constrained import grammar_for
 from ..data.points import points_batch
 from ..decoding import sample_shared
 from ..model import GPTNeo
@@ -63,13 +64,14 @@ class NeuralProposer:
 
     By default it fills all P - 1 slots (the original's way); ``count`` fills fewer, and the search
     evolves the rest. With ``distinct``, repeats become None and fall back to evolved children too;
-    ``repeats`` counts them. Called on its own it is BasicSR's `Proposer`; `propose_together` serves
-    many runs' proposers with one model call.
+    ``repeats`` counts them. With ``constrained``, every completion is an expression over the problem's
+    own primitives (`constrained`). Called on its own it is BasicSR's `Proposer`; `propose_together`
+    serves many runs' proposers with one model call.
     """
 
     def __init__(self, model: GPTNeo, task: OneStepTask, config: SearchConfig, n_vars: int,
                  temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
-                 distinct: bool = False, problem: Problem | None = None):
+                 distinct: bool = False, problem: Problem | None = None, constrained: bool = False):
         if task.reads_points and problem is None:
             raise ValueError("this model reads each problem's points: give NeuralProposer the problem")
         self.model, self.task, self.config, self.n_vars, self.problem = model, task, config, n_vars, problem
@@ -79,6 +81,8 @@ class NeuralProposer:
         self.count = config.population_size - 1 if count is None else count
         self.distinct, self.repeats = distinct, 0
         self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
+        self.grammar = grammar_for(task.tokenizer, n_vars, config.binary_ops, config.unary_ops, config.constants,
+                                   config.max_size, config.max_depth) if constrained else None
 
     @torch.inference_mode()
     def _prefix(self, problem: Problem | None) -> torch.Tensor | None:
@@ -126,13 +130,15 @@ def propose_together(asks: Sequence[tuple[NeuralProposer, ProposalRequest]]) -> 
     if not asks or asks[0][0].count == 0:
         return [[] for _ in asks]
     first = asks[0][0]
-    if any(p.count != first.count or p.model is not first.model for p, _ in asks):
-        raise ValueError("proposers asked together must share the model and the number of proposals")
+    if any(p.count != first.count or p.model is not first.model or (p.grammar is None) != (first.grammar is None)
+           for p, _ in asks):
+        raise ValueError("proposers asked together must share the model, the number of proposals and constraints")
     prompts = [proposer.prompt_ids(*request) for proposer, request in asks]
     prefixes = None if first.prefix is None else torch.cat([proposer.prefix for proposer, _ in asks])
     outputs = sample_shared(first.model, prompts, first.count, eos_id=first.tokenizer.eos_id,
                             pad_id=first.tokenizer.pad_id, max_new_tokens=first.max_new_tokens,
                             temperature=first.temperature, generators=[p.generator for p, _ in asks],
-                            prefixes=prefixes, prompts_per_pass=prompts_per_pass(first.model.wte.weight.device))
+                            prefixes=prefixes, prompts_per_pass=prompts_per_pass(first.model.wte.weight.device),
+                            grammars=None if first.grammar is None else [p.grammar for p, _ in asks])
     return [proposer.proposals(completions, request.expressions)
             for (proposer, request), completions in zip(asks, outputs)]

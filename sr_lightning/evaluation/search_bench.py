@@ -98,7 +98,8 @@ def benchmark(model: GPTNeo, task: OneStepTask, settings: ComparisonSettings, ba
 def render(rows: list[dict], settings: ComparisonSettings, runs: int, device: str) -> str:
     head = (f"{runs} runs ({settings.held_out} held-out + {'8 named' if settings.named else 'no named'} problems x "
             f"{settings.seeds} seed(s)), {settings.budget_text()}, populations of {settings.population_size}, "
-            f"{settings.proposal_count} proposals per generation{' (distinct)' if settings.distinct else ''}; "
+            f"{settings.proposal_count} proposals per generation{' (distinct)' if settings.distinct else ''}"
+            f"{', constrained (shared-prefill paths)' if settings.constrained else ''}; "
             f"{device}, {torch.get_num_threads()} threads")
     columns = ("path", "seconds", "generations", "solved", "proposals", "proposals_per_s",
                "proposals_per_s_vs_before", "seconds_vs_basic")
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--population", type=int, default=20)
     parser.add_argument("--proposals", type=int, help="slots the model fills (default: all population - 1)")
     parser.add_argument("--distinct", action="store_true")
+    parser.add_argument("--constrained", action="store_true", help="constrain the shared-prefill paths' samples")
     parser.add_argument("--batch-runs", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
@@ -124,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = ComparisonSettings(generations=args.generations, population_size=args.population,
                                       seeds=args.seeds, held_out=args.problems, named=not args.no_named,
-                                      proposals=args.proposals, distinct=args.distinct)
+                                      proposals=args.proposals, distinct=args.distinct,
+                                      constrained=args.constrained)
         model, task, info = load_for_evaluation(args.checkpoint or newest_run(), device=args.device)
     except (EvaluationInputError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
