@@ -163,19 +163,20 @@ def search(args: Namespace) -> None:
     model, task, info = _load(args)
     results = gs.compare(gs.benchmark_problems(settings), settings, model, task, args.batch_runs, args.shard)
     out = _out(args, info, "search" if args.shard == (0, 1) else f"search-shard{args.shard[0]}of{args.shard[1]}")
-    _write_search(gs.summarize(results), results, settings, info["checkpoint"], out, args.shard)
+    _write_search(results, settings, info["checkpoint"], out, args.shard)
 
 
 def merge(args: Namespace) -> None:
     from sr_lightning.evaluation import guided_search as gs
 
     results, settings, checkpoint = gs.merge([Path(s) for s in args.shards])
-    _write_search(gs.summarize(results), results, settings, checkpoint, Path(args.out))
+    _write_search(results, settings, checkpoint, Path(args.out))
 
 
-def _write_search(summary, results, settings, checkpoint: str, out: Path, shard: tuple[int, int] = (0, 1)) -> None:
+def _write_search(results, settings, checkpoint: str, out: Path, shard: tuple[int, int] = (0, 1)) -> None:
     from sr_lightning.evaluation import guided_search as gs
 
+    summary = gs.summarize(results)
     gs.write_results(summary, results, settings, checkpoint, out, shard)
     print("\n".join(gs.summary_table(summary)))
     print("runs solved by " + ", ".join(f"{who}: {n}" for who, n in gs.solved_pairs(results).items()))

@@ -46,15 +46,16 @@ class ExpressionGrammar:
 
     def __init__(self, tokenizer: SRTokenizer, n_vars: int, binary_ops: tuple[str, ...],
                  unary_ops: tuple[str, ...], constants: tuple[float, ...], max_size: int = 25, max_depth: int = 10):
-        self.tokenizer, self.max_size, self.max_depth = tokenizer, max_size, max_depth
+        self.max_size, self.max_depth = max_size, max_depth
         self.leaves = tuple(f"x{i}" for i in range(n_vars)) + tuple(format_constant(c) for c in constants)
         self.unary = tuple(f"{op}(" for op in unary_ops)
         self.operators = frozenset((f" {op} ", "op") for op in binary_ops)
-        self.shortest_leaf = min(len(leaf) for leaf in self.leaves)
-        vocab = tokenizer.vocab_size
-        self.texts = [tokenizer.decode([i]) for i in range(vocab)]
+        shortest = min(len(leaf) for leaf in self.leaves)
+        # Characters owed at least: per pending stack entry, and per terminal kind for what it pushes.
+        self.owed = {OPERAND: shortest, OPERATOR: 3, CLOSE: 1}
+        self.pushed = {"leaf": 0, "close": 0, "op": 0, "unary": shortest + 1, "binary": 2 * shortest + 4}
         special = set(tokenizer.ids.values())
-        self.texts = [None if i in special else text for i, text in enumerate(self.texts)]
+        self.texts = [None if i in special else tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
         self.eos_id = tokenizer.eos_id
         self._costs = lru_cache(maxsize=None)(self._token_costs)
 
@@ -109,11 +110,8 @@ class ExpressionGrammar:
 
     def cost(self, state: State) -> int:
         """Characters still owed at least (the end-of-text token included): an upper bound on tokens."""
-        owed = {OPERAND: self.shortest_leaf, OPERATOR: 3, CLOSE: 1}
-        pushed = {"leaf": 0, "close": 0, "op": 0, "unary": self.shortest_leaf + 1,
-                  "binary": 2 * self.shortest_leaf + 4}
-        now = 0 if state.alternatives is None else min(len(t) + pushed[k] for t, k in state.alternatives)
-        return now + sum(owed[kind] for kind, _ in state.stack) + 1
+        now = 0 if state.alternatives is None else min(len(t) + self.pushed[k] for t, k in state.alternatives)
+        return now + sum(self.owed[kind] for kind, _ in state.stack) + 1
 
     # -- tokens ---------------------------------------------------------------------------
     def _token_costs(self, state: State) -> tuple[torch.Tensor, dict[int, State]]:

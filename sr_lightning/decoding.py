@@ -13,7 +13,8 @@ whole batch busy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -70,15 +71,10 @@ def generate(model: GPTNeo, prompts: list[list[int]], *, eos_id: int, pad_id: in
     """
     if any(not p for p in prompts):
         raise ValueError("every prompt needs at least one token")
-    order = list(range(len(prompts)))
-    if batch_size:
-        order.sort(key=lambda i: len(prompts[i]))
-    size = batch_size or max(len(prompts), 1)
     results: list[list[int]] = [[] for _ in prompts]
     sampling = Sampling(temperature, top_k)
     with _eval_mode(model):
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
+        for chunk in _passes(prompts, batch_size, by_length=bool(batch_size)):
             prefix = None if prefixes is None else prefixes[chunk]
             outputs = _decode(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens, sampling,
                               [generator], use_cache, prefix, samples=1, rows_per_generator=len(chunk))
@@ -107,12 +103,9 @@ def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_
         raise ValueError(f"{len(generators)} generators for {len(prompts)} prompts")
     if not prompts or samples < 1:
         return [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    size = prompts_per_pass or len(prompts)
     results: list[list[list[int]]] = [[] for _ in prompts]
     with _eval_mode(model):
-        for start in range(0, len(order), size):
-            chunk = order[start:start + size]
+        for chunk in _passes(prompts, prompts_per_pass, by_length=True):
             rows = _decode(model, [prompts[i] for i in chunk], eos_id, pad_id, max_new_tokens,
                            Sampling(temperature, top_k), [generators[i] for i in chunk] if generators else [None],
                            True, None if prefixes is None else prefixes[chunk], samples,
@@ -123,20 +116,24 @@ def sample_shared(model: GPTNeo, prompts: list[list[int]], samples: int, *, eos_
     return results
 
 
-class _eval_mode:
+def _passes(prompts: list[list[int]], size: int | None, by_length: bool) -> Iterator[list[int]]:
+    """Indices of the prompts decoded together, ``size`` at a time (None: all), shortest first if ``by_length``."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if by_length else list(range(len(prompts)))
+    size = size or max(len(prompts), 1)
+    for start in range(0, len(order), size):
+        yield order[start:start + size]
+
+
+@contextmanager
+def _eval_mode(model: GPTNeo) -> Iterator[None]:
     """Inference mode, the model in eval mode, and given back as it came (callbacks generate mid-training)."""
-
-    def __init__(self, model: GPTNeo) -> None:
-        self.model, self.inference = model, torch.inference_mode()
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-        self.inference.__enter__()
-
-    def __exit__(self, *exc) -> None:
-        self.inference.__exit__(*exc)
-        self.model.train(self.was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, max_new_tokens: int,
@@ -164,10 +161,11 @@ def _decode(model: GPTNeo, prompts: list[list[int]], eos_id: int, pad_id: int, m
     for step in range(steps):
         logits = model.lm_head(hidden)
         if rules is not None:
-            logits = logits.masked_fill(~rules.mask(live.tolist(), steps - step, device), float("-inf"))
+            rows_now = live.tolist()
+            logits = logits.masked_fill(~rules.mask(rows_now, steps - step, device), float("-inf"))
         token = sampling.pick(logits, None if uniforms is None else uniforms[live, step])
         if rules is not None:
-            rules.advance(live.tolist(), token.tolist())
+            rules.advance(rows_now, token.tolist())
         tokens[live, step] = token
         finished |= token == eos_id
         if bool(finished.all()) or step == steps - 1:
@@ -195,12 +193,12 @@ class _CachedRows:
         self.model, self.cache = model, model.new_kv_cache(len(prompts), width + steps)
         self.mask = torch.zeros(len(prompts), width, dtype=torch.bool, device=device)
         self.position = torch.zeros(len(prompts), 1, dtype=torch.long, device=device)
-        order, last = sorted(range(len(prompts)), key=lambda i: len(prompts[i])), []
-        for start in range(0, len(order), chunk):
-            rows = torch.tensor(order[start:start + chunk], device=device)
-            ids, mask = _left_pad([prompts[i] for i in rows.tolist()], pad_id, device)
-            mask = torch.cat([mask.new_ones(len(rows), p), mask], dim=1)
-            positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+        order, last = [], []
+        for indices in _passes(prompts, chunk, by_length=True):
+            order += indices
+            rows = torch.tensor(indices, device=device)
+            ids, mask = _left_pad([prompts[i] for i in indices], pad_id, device, p)
+            positions = _positions(mask)
             part = model.new_kv_cache(len(rows), mask.shape[1])
             hidden = model(ids, position_ids=positions, attention_mask=mask, kv_cache=part,
                            prefix=None if prefix is None else prefix[rows])
@@ -230,17 +228,15 @@ class _RecomputedRows:
     def __init__(self, model: GPTNeo, prompts: list[list[int]], prefix: torch.Tensor | None, pad_id: int,
                  steps: int, samples: int) -> None:
         device = model.wte.weight.device
-        ids, mask = _left_pad(prompts, pad_id, device)
-        p = 0 if prefix is None else prefix.shape[1]
-        mask = torch.cat([mask.new_ones(len(prompts), p), mask], dim=1)
+        ids, mask = _left_pad(prompts, pad_id, device, 0 if prefix is None else prefix.shape[1])
         self.model, self.prefix = model, prefix
         self.ids, self.mask = ids, mask
         self.keep(torch.arange(len(prompts), device=device).repeat_interleave(samples))
         self.hidden = self._run()
 
     def _run(self) -> torch.Tensor:
-        positions = (self.mask.long().cumsum(1) - 1).clamp(min=0)
-        return self.model(self.ids, position_ids=positions, attention_mask=self.mask, prefix=self.prefix)[:, -1]
+        return self.model(self.ids, position_ids=_positions(self.mask), attention_mask=self.mask,
+                          prefix=self.prefix)[:, -1]
 
     def keep(self, rows: torch.Tensor) -> None:
         self.ids, self.mask = self.ids[rows], self.mask[rows]
@@ -252,15 +248,23 @@ class _RecomputedRows:
         return self._run()
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [B, T] padded on the left, and the mask of real tokens."""
+def _left_pad(prompts: list[list[int]], pad_id: int, device: torch.device,
+              prefix_len: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids [B, T] padded on the left, and the mask of real positions [B, prefix_len + T]: the point
+    prefix, which goes before the pads, is real."""
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    mask = torch.zeros((len(prompts), prefix_len + width), dtype=torch.bool)
+    mask[:, :prefix_len] = True
     for row, prompt in enumerate(prompts):
         ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
-        mask[row, width - len(prompt):] = True
+        mask[row, prefix_len + width - len(prompt):] = True
     return ids.to(device), mask.to(device)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that skip the pads: 0 on each row's first real position."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)
 
 
 def _until_eos(tokens: list[int], eos_id: int) -> list[int]:

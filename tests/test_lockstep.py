@@ -101,3 +101,16 @@ def test_search_options_are_checked_before_any_work(tmp_path, capsys):
     assert "error: argument --shard: expected I/N with 0 <= I < N, got '3/3'" in capsys.readouterr().err
     assert evaluate.main(["search", "--runs", str(tmp_path), "--budget-seconds", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --budget-seconds: budget_seconds must be positive, got 0.0"
+
+
+def test_search_bench_times_the_four_paths_on_the_same_runs(tiny_run, capsys):
+    from sr_lightning.evaluation.search_bench import main as search_bench
+
+    assert search_bench(["--checkpoint", str(tiny_run.run_dir), "--problems", "2", "--no-named",
+                         "--generations", "3", "--population", "6", "--proposals", "2", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| BasicSR") or
+            line.startswith("| guided")]
+    assert len(rows) == 4
+    for row in rows[1:]:  # each generation after a run's first has its 2 proposals, in every guided path
+        cells = [cell.strip() for cell in row.split("|")]
+        assert int(cells[5]) == 2 * (int(cells[3]) - 2) > 0

@@ -118,7 +118,7 @@ class RunResult:
 
 
 def proposer_for(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
-              task: OneStepTask) -> NeuralProposer:
+                 task: OneStepTask) -> NeuralProposer:
     return NeuralProposer(model, task, settings.search_config(), problem.n_vars, settings.temperature,
                           settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
                           count=settings.proposal_count, distinct=settings.distinct, problem=problem,
@@ -130,7 +130,7 @@ def search_for(problem: Problem, seed: int, settings: ComparisonSettings) -> Bas
 
 
 def result_of(problem: Problem, method: str, seed: int, trace: Trace, seconds: float,
-            proposer: NeuralProposer | None = None) -> RunResult:
+              proposer: NeuralProposer | None = None) -> RunResult:
     prediction = predict(parse(trace.best_expression), problem.X)
     error = mse(problem.y, prediction)
     return RunResult(problem.name, problem.expression_id, problem.n_vars, method, seed, trace.best_expression,
@@ -153,7 +153,7 @@ def shard_runs(problems: Sequence[Problem], seeds: int, shard: tuple[int, int] =
     index, count = shard
     if not 0 <= index < count:
         raise ValueError(f"shard must be I/N with 0 <= I < N, got {index}/{count}")
-    return [(p, s) for p, s in ((p, s) for p in problems for s in range(seeds))][index::count]
+    return [(p, s) for p in problems for s in range(seeds)][index::count]
 
 
 def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo, task: OneStepTask,
@@ -277,11 +277,11 @@ def merge(folders: Sequence[Path]) -> tuple[list[RunResult], ComparisonSettings,
         for key in ("checkpoint", "settings"):
             if shard[key] != first[key]:
                 raise EvaluationInputError(f"{shard['path']}: its {key} differs from {first['path']}'s")
-    count = first.get("shard", [0, 1])[1]
-    by_index = {tuple(shard.get("shard", [0, 1])): shard for shard in shards}
-    wanted = {(i, count) for i in range(count)}
-    if set(by_index) != wanted or len(shards) != count:
-        given = sorted(f"{i}/{n}" for i, n in (tuple(s.get("shard", [0, 1])) for s in shards))
+    positions = [tuple(shard.get("shard", [0, 1])) for shard in shards]  # (I, N); unsharded: (0, 1)
+    count = positions[0][1]
+    by_index = dict(zip(positions, shards))
+    if set(by_index) != {(i, count) for i in range(count)} or len(shards) != count:
+        given = sorted(f"{i}/{n}" for i, n in positions)
         raise EvaluationInputError(f"shards {', '.join(given)} given; a merge needs each of 0/{count} .. "
                                    f"{count - 1}/{count} exactly once")
     runs = {i: [RunResult(**r) for r in by_index[(i, count)]["runs"]] for i in range(count)}

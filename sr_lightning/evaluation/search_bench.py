@@ -32,18 +32,22 @@ from .lockstep import GuidedRun, run_lockstep
 from .proposals import NeuralProposer
 
 
-class CopiedPromptProposer(NeuralProposer):
-    """The proposer as it was: one run alone, its prompt copied once per sample and prefilled each time."""
+class CopiedPrompts:
+    """The proposal step as it was: one run alone, its prompt copied once per sample and each copy prefilled
+    (always unconstrained)."""
+
+    def __init__(self, proposer: NeuralProposer) -> None:
+        self.proposer = proposer
 
     def __call__(self, generation: int, expressions: list[str], fitnesses: list[float]) -> list[str | None]:
-        if self.count == 0:
+        p = self.proposer
+        if p.count == 0:
             return []
-        prompt = self.prompt_ids(generation, expressions, fitnesses)
-        outputs = generate(self.model, [prompt] * self.count, eos_id=self.tokenizer.eos_id,
-                           pad_id=self.tokenizer.pad_id, max_new_tokens=self.max_new_tokens,
-                           temperature=self.temperature, generator=self.generator,
-                           prefixes=None if self.prefix is None else self.prefix.expand(self.count, -1, -1))
-        return self.proposals(outputs, expressions)
+        prompt = p.prompt_ids(generation, expressions, fitnesses)
+        outputs = generate(p.model, [prompt] * p.count, eos_id=p.tokenizer.eos_id, pad_id=p.tokenizer.pad_id,
+                           max_new_tokens=p.max_new_tokens, temperature=p.temperature, generator=p.generator,
+                           prefixes=None if p.prefix is None else p.prefix.expand(p.count, -1, -1))
+        return p.proposals(outputs, expressions)
 
 
 def _figures(name: str, clocks: Sequence[RunClock], traces: Sequence[Any]) -> dict[str, Any]:
@@ -75,16 +79,14 @@ def benchmark(model: GPTNeo, task: OneStepTask, settings: ComparisonSettings, ba
     """The four paths' figures on the same runs (see the module docstring)."""
     runs = shard_runs(benchmark_problems(settings), settings.seeds)
 
-    def copied(problem: Problem, seed: int) -> CopiedPromptProposer:
-        return CopiedPromptProposer(model, task, settings.search_config(), problem.n_vars, settings.temperature,
-                                    settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
-                                    count=settings.proposal_count, distinct=settings.distinct, problem=problem)
+    def shared(problem: Problem, seed: int) -> NeuralProposer:
+        return proposer_for(problem, seed, settings, model, task)
 
     _lockstep("warm-up", runs[:2], settings, model, task, 2)
     rows = [_one_by_one("BasicSR alone", runs, settings),
-            _one_by_one("guided, run by run, prompt copied per sample (before)", runs, settings, copied),
-            _one_by_one("guided, run by run, shared prefill", runs, settings,
-                        lambda p, s: proposer_for(p, s, settings, model, task)),
+            _one_by_one("guided, run by run, prompt copied per sample (before)", runs, settings,
+                        lambda problem, seed: CopiedPrompts(shared(problem, seed))),
+            _one_by_one("guided, run by run, shared prefill", runs, settings, shared),
             _lockstep(f"guided, {batch_runs} runs in lockstep, shared prefill (now)", runs, settings, model, task,
                       batch_runs)]
     before, basic = rows[1], rows[0]
