@@ -3,7 +3,7 @@
 With no arguments the report evaluates the BEST checkpoint (lowest val/loss) of the newest run
 under ``runs/`` on that run's validation files, and writes report.json, report.md,
 predictions.jsonl and validation_curves.png. ``search`` runs neural-guided search against
-plain BasicSR on the named benchmark problems and held-out generated problems; ``search --shard I/N``
+plain BasicSR on the named benchmark problems and held-out generated problems (or ``--problem-file``); ``search --shard I/N``
 runs one part of it, and ``search merge DIRS...`` puts the parts' results together.
 """
 
@@ -55,6 +55,10 @@ def build_parser() -> ArgumentParser:
     search.add_argument("--budget-seconds", type=float, help="seconds per run, the same for both methods "
                         "(BasicSR then runs more generations); the neural runs' seconds count their shares of "
                         "the model calls")
+    search.add_argument("--budget-evaluations", type=int, help="fitness evaluations per run, the same for both "
+                        "methods (distinct expressions scored; a guided run's screened samples count)")
+    search.add_argument("--problem-file", help="run on your own problems instead of the named and held-out ones: "
+                        "a problems.json (id -> name, X, y) or the original's expressions file")
     search.add_argument("--population", type=int, default=20)
     search.add_argument("--seeds", type=int, default=1, help="runs per problem and method (default 1)")
     search.add_argument("--temperature", type=float, default=0.8)
@@ -65,6 +69,8 @@ def build_parser() -> ArgumentParser:
                         "batch falls back to an evolved child")
     search.add_argument("--constrained", action="store_true", help="sample only well-formed expressions over "
                         "each problem's variables, operators and constants (a prefix-validity mask per token)")
+    search.add_argument("--oversample", type=int, default=1, help="draw K x the slots and keep the fittest "
+                        "distinct proposals (best-of-K, screened on the problem's points; default 1: off)")
     search.add_argument("--batch-runs", type=int, default=64, help="guided runs that advance together, one model "
                         "call for all of them (default 64; more on a GPU)")
     search.add_argument("--shard", type=shard, default=(0, 1), help="I/N: run every N-th (problem, seed) from "
@@ -130,11 +136,11 @@ def _limit(args: Namespace, info: dict[str, Any], files: list[Path]) -> int | No
 def report(args: Namespace) -> None:
     from sr_lightning.data.points import ProblemIndex
     from sr_lightning.data.stream import resolve_files
-    from sr_lightning.evaluation.checkpoints import points_file, validation_files
+    from sr_lightning.evaluation.checkpoints import points_file, run_files
     from sr_lightning.evaluation.report import EvalSettings, build_report, render_terminal
 
     model, task, info = _load(args)
-    files = resolve_files(args.data or validation_files(info))
+    files = resolve_files(args.data or run_files(info))
     limit = _limit(args, info, files)
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit)
     out = _out(args, info, "evaluation")
@@ -151,6 +157,8 @@ def search(args: Namespace) -> None:
 
     try:
         settings = gs.ComparisonSettings(generations=args.generations, budget_seconds=args.budget_seconds,
+                                         budget_evaluations=args.budget_evaluations, oversample=args.oversample,
+                                         problem_file=args.problem_file,
                                          population_size=args.population, seeds=args.seeds,
                                          held_out=args.problems, named=not args.no_named,
                                          temperature=args.temperature, max_new_tokens=args.max_new_tokens,
@@ -160,8 +168,9 @@ def search(args: Namespace) -> None:
         raise EvaluationInputError(f"--{str(error).split()[0].replace('_', '-')}: {error}") from None
     if args.batch_runs < 1:
         raise EvaluationInputError(f"--batch-runs must be at least 1, got {args.batch_runs}")
+    problems = gs.benchmark_problems(settings)  # a bad --problem-file fails before the model loads
     model, task, info = _load(args)
-    results = gs.compare(gs.benchmark_problems(settings), settings, model, task, args.batch_runs, args.shard)
+    results = gs.compare(problems, settings, model, task, args.batch_runs, args.shard)
     out = _out(args, info, "search" if args.shard == (0, 1) else f"search-shard{args.shard[0]}of{args.shard[1]}")
     _write_search(results, settings, info["checkpoint"], out, args.shard)
 

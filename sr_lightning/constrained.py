@@ -25,6 +25,23 @@ from .data.tokenizer import SRTokenizer
 OPERAND, OPERATOR, CLOSE = "E", "OP", ")"
 
 
+class TokenTrie:
+    """The tokens' texts as a character trie: ``tokens`` end at this node, ``children`` go on by a character."""
+
+    def __init__(self, texts: list[str | None] = ()) -> None:
+        self.tokens: list[int] = []
+        self.children: dict[str, TokenTrie] = {}
+        for token, text in enumerate(texts):
+            if text:
+                self.add(token, text)
+
+    def add(self, token: int, text: str) -> None:
+        node = self
+        for char in text:
+            node = node.children.setdefault(char, TokenTrie())
+        node.tokens.append(token)
+
+
 @dataclass(frozen=True)
 class State:
     """Where a completion is: the terminal being read (its alternatives: the text still to come and what
@@ -55,7 +72,8 @@ class ExpressionGrammar:
         self.owed = {OPERAND: shortest, OPERATOR: 3, CLOSE: 1}
         self.pushed = {"leaf": 0, "close": 0, "op": 0, "unary": shortest + 1, "binary": 2 * shortest + 4}
         special = set(tokenizer.ids.values())
-        self.texts = [None if i in special else tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+        self.vocab_size = tokenizer.vocab_size
+        self.trie = TokenTrie([None if i in special else tokenizer.decode([i]) for i in range(self.vocab_size)])
         self.eos_id = tokenizer.eos_id
         self._costs = lru_cache(maxsize=None)(self._token_costs)
 
@@ -115,21 +133,27 @@ class ExpressionGrammar:
 
     # -- tokens ---------------------------------------------------------------------------
     def _token_costs(self, state: State) -> tuple[torch.Tensor, dict[int, State]]:
-        """Per token, what is owed after it (-1: not allowed), and the states the allowed ones lead to."""
-        costs = torch.full((len(self.texts),), -1, dtype=torch.long)
+        """Per token, what is owed after it (-1: not allowed), and the states the allowed ones lead to.
+
+        Tokens are walked as a trie of their texts: a shared prefix is stepped once, and a prefix the
+        language refuses rules out every token that starts with it."""
+        costs = torch.full((self.vocab_size,), -1, dtype=torch.long)
         following: dict[int, State] = {}
         if state.complete:
             costs[self.eos_id] = 0
-        for token, text in enumerate(self.texts):
-            if not text:
-                continue
-            after: State | None = state
-            for char in text:
-                after = self.step(after, char)
+        pending = [(self.trie, state)]
+        while pending:
+            node, before = pending.pop()
+            for char, child in node.children.items():
+                after = self.step(before, char)
                 if after is None:
-                    break
-            if after is not None:
-                costs[token], following[token] = self.cost(after), after
+                    continue
+                if child.tokens:
+                    owed = self.cost(after)
+                    for token in child.tokens:
+                        costs[token], following[token] = owed, after
+                if child.children:
+                    pending.append((child, after))
         return costs, following
 
     def allowed(self, state: State, remaining: int) -> torch.Tensor:

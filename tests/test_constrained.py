@@ -17,13 +17,18 @@ TOKENIZER = SRTokenizer.default()
 PROMPT = TOKENIZER.encode("<|endoftext|><CONTEXT>generation: 0 | 3 variables<POPULATION>x0 <FITNESS>-1.00000<TARGET>")
 
 
-def accepts(grammar: ExpressionGrammar, text: str) -> bool:
-    state = grammar.start()
+def stepped(grammar: ExpressionGrammar, state, text: str):
+    """The state after ``text`` read character by character; None once the language refuses it."""
     for char in text:
         state = grammar.step(state, char)
         if state is None:
-            return False
-    return state.complete
+            return None
+    return state
+
+
+def accepts(grammar: ExpressionGrammar, text: str) -> bool:
+    state = stepped(grammar, grammar.start(), text)
+    return state is not None and state.complete
 
 
 def test_the_grammar_is_the_printed_language_over_the_problems_primitives():
@@ -90,3 +95,25 @@ def test_a_constrained_search_uses_every_proposal(scripted_model):
     free = run_one(problem, "neural", 0, ComparisonSettings(generations=4, population_size=6, proposals=3),
                    task_model, task)
     assert free.well_formed == 0
+
+
+def test_the_trie_walk_allows_exactly_the_tokens_a_per_token_walk_allows():
+    """Each token's text stepped on its own from the state: the definition the trie walk must meet."""
+    grammar = ExpressionGrammar(TOKENIZER, 3, ("*", "+", "-"), (), (1.0,), max_size=9, max_depth=3)
+    texts = [None if i in set(TOKENIZER.ids.values()) else TOKENIZER.decode([i]) for i in range(TOKENIZER.vocab_size)]
+    states, frontier = [grammar.start()], [grammar.start()]
+    while frontier and len(states) < 60:  # breadth-first over reachable states
+        state = frontier.pop(0)
+        for after in grammar._costs(state)[1].values():
+            if after not in states:
+                states.append(after)
+                frontier.append(after)
+    assert len(states) >= 60
+    for state in states:
+        costs, following = grammar._costs(state)
+        for token, text in enumerate(texts):
+            after = stepped(grammar, state, text) if text else None
+            if after is not None:
+                assert costs[token] == grammar.cost(after) and following[token] == after
+            else:
+                assert costs[token] == (0 if token == grammar.eos_id and state.complete else -1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,20 +13,22 @@ import pytest
 import evaluate
 from sr_lightning.data.format import pair_from_record, population_items
 from sr_lightning.data.generate import dataset_problem_seed, records_from_trace
-from sr_lightning.evaluation.checkpoints import load_for_evaluation
+from sr_lightning.evaluation.checkpoints import EvaluationInputError, load_for_evaluation
 from sr_lightning.evaluation.guided_search import (
     HELD_OUT_SEED_BASE,
     ComparisonSettings,
     RunResult,
+    benchmark_problems,
     held_out_problems,
+    problems_from_file,
     run_one,
     solved_pairs,
     summarize,
 )
 from sr_lightning.evaluation.proposals import NeuralProposer, drop_repeats, first_expression, search_pair
 from sr_lightning.sr.expression import parse
-from sr_lightning.sr.problems import Problem, named_problems
-from sr_lightning.sr.search import SearchConfig, run_search
+from sr_lightning.sr.problems import Problem, named_problems, save_problems
+from sr_lightning.sr.search import BasicSR, SearchConfig, run_search
 from tests.conftest import SAMPLE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -147,7 +152,7 @@ def test_distinct_proposals_leave_repeats_to_evolution(trained, scripted_model):
 def test_summary_by_hand():
     def run(method, mse, r2, gens, proposals=0, well_formed=0, seconds=1.0, seed=0, problem=1):
         return RunResult("p", problem, 1, method, seed, "x0", mse, r2, mse <= 1e-10, 10, gens, proposals,
-                         well_formed, seconds)
+                         well_formed, seconds, evaluations=100 + 10 * seed)
 
     results = [run("basic", 0.0, 1.0, 4), run("basic", 2.0, 0.5, None, seed=1),
                run("basic", 1e-12, 1.0, 8, seed=2),
@@ -156,7 +161,8 @@ def test_summary_by_hand():
     assert summary["basic"] == {"runs": 3, "solved": 2, "solve_rate": 2 / 3, "solved_by_seed": [1, 0, 1],
                                 "median_best_mse": 1e-12, "r2_rate": 2 / 3,
                                 "median_generations_to_solve": 6.0, "well_formed_rate": None,
-                                "repeat_rate": None, "mean_generations": 10.0, "wall_seconds": 3.0,
+                                "repeat_rate": None, "mean_generations": 10.0, "mean_evaluations": 110.0,
+                                "wall_seconds": 3.0,
                                 "mean_seconds_per_run": 1.0, "seconds_per_generation": 0.1,
                                 "solved_per_minute": 40.0}
     assert summary["neural"]["solve_rate"] == 0.5 and summary["neural"]["r2_rate"] == 1.0
@@ -196,3 +202,53 @@ def test_search_command_rejects_more_proposals_than_slots(tmp_path, capsys):
     assert evaluate.main(argv) == 2
     assert capsys.readouterr().err.strip() == \
         "error: --proposals: proposals must be in 0 .. population_size - 1 = 5, got 6"
+
+
+def test_oversampling_keeps_the_fittest_distinct_usable_proposals(trained):
+    model, task = trained
+    problem = named_problems()["quadratic"]
+    search = BasicSR(problem.X, problem.y, SMALL.search_config())
+    proposer = NeuralProposer(model, task, SMALL.search_config(), 1, count=2, problem=problem, oversample=3,
+                              screen=search.score)
+    assert proposer.samples == 6
+    fittest = proposer._fittest(["x0", None, "((x0 * x0) + x0)", "x0", "(((x0 * x0) + x0) + 1.0)", "(x0 +"])
+    assert fittest == ["(((x0 * x0) + x0) + 1.0)", "((x0 * x0) + x0)"]
+    assert search.evaluations == 3  # each distinct usable proposal scored once, in the run's own cache
+    assert proposer._fittest([None, "x0", "x0"]) == ["x0", None]
+    with pytest.raises(ValueError, match="needs a screen"):
+        NeuralProposer(model, task, SMALL.search_config(), 1, count=2, problem=problem, oversample=3)
+
+
+def test_an_oversampled_run_counts_its_screened_samples_as_evaluations(trained):
+    model, task = trained
+    problem = named_problems()["x0_x1_squared"]
+    plain = run_one(problem, "neural", 0, replace(SMALL, proposals=2), model, task)
+    screened = run_one(problem, "neural", 0, replace(SMALL, proposals=2, oversample=4), model, task)
+    assert screened.proposals == plain.proposals  # still 2 per generation reach the population
+    assert screened.evaluations > 0 and screened.well_formed <= screened.proposals
+    budget = run_one(problem, "basic", 0, replace(SMALL, generations=None, budget_evaluations=30))
+    assert 30 <= budget.evaluations and budget.generations >= 1
+
+
+def test_a_problem_file_replaces_the_benchmark_problems(tmp_path):
+    problems = [held_out_problems(2)[1], named_problems()["quadratic"]]
+    save_problems(tmp_path / "mine.json", problems)
+    loaded = benchmark_problems(replace(SMALL, problem_file=str(tmp_path / "mine.json")))
+    assert [p.name for p in loaded] == ["quadratic", problems[0].name]  # by id
+    assert all(np.array_equal(a.y, b.y) for a, b in zip(loaded, problems[::-1]))
+    # the original's expressions file: a gzipped pickle of {"expressions": [{"id", "X_data", "y_data"}]}
+    original = tmp_path / "expressions.pkl.gz"
+    entries = [{"id": 7, "X_data": problems[1].X, "y_data": problems[1].y, "expression": problems[1].expression}]
+    original.write_bytes(gzip.compress(pickle.dumps({"expressions": entries})))
+    (only,) = problems_from_file(original)
+    assert only.expression_id == 7 and np.array_equal(only.X, problems[1].X)
+
+
+def test_a_bad_problem_file_is_one_error_line_naming_it(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"3": {"X": [[1.0], [2.0]], "y": [1.0, float("nan")]}}))
+    with pytest.raises(EvaluationInputError, match=r"bad\.json: points are not finite \(expression_id 3\)"):
+        problems_from_file(bad)
+    argv = ["search", "--runs", str(tmp_path), "--problem-file", str(tmp_path / "missing.json")]
+    assert evaluate.main(argv) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -13,15 +13,14 @@ from sr_lightning.evaluation.checkpoints import load_for_evaluation
 from sr_lightning.evaluation.guided_search import (
     TIMING_KEYS,
     ComparisonSettings,
-    proposer_for,
+    guided_run,
     result_of,
-    search_for,
     benchmark_problems,
     compare,
     run_one,
     shard_runs,
 )
-from sr_lightning.evaluation.lockstep import GuidedRun, run_lockstep
+from sr_lightning.evaluation.lockstep import run_lockstep
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SETTINGS = ComparisonSettings(generations=4, population_size=6, held_out=2, named=False, seeds=2, proposals=3)
@@ -40,8 +39,7 @@ def _without_seconds(result) -> dict:
 def test_a_run_in_lockstep_is_the_run_alone(trained):
     model, task = trained
     problems = benchmark_problems(SETTINGS)
-    runs = [GuidedRun(search_for(p, s, SETTINGS), proposer_for(p, s, SETTINGS, model, task))
-            for p, s in shard_runs(problems, SETTINGS.seeds)]
+    runs = [guided_run(p, s, SETTINGS, model, task) for p, s in shard_runs(problems, SETTINGS.seeds)]
     done = run_lockstep(runs, batch_runs=1, progress=False)
     for (problem, seed), run in zip(shard_runs(problems, SETTINGS.seeds), done):
         alone = run_one(problem, "neural", seed, SETTINGS, model, task)

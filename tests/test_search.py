@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -173,3 +174,24 @@ def test_random_trees_respect_depth(unary_ops):
     assert all(t.size > 1 for t in trees)  # the root is never a terminal
     ops = {n.op for t in trees for n in t.nodes() if hasattr(n, "op")}
     assert ops == {"*", "+", "-", *unary_ops}
+
+
+def test_a_run_can_start_from_a_given_population():
+    start = [parse(e) for e in ["x0", "x1", "(x0 * x1)", "(x1 * x1)", "1.0", "(x0 + x1)", "(x0 - 1.0)", "x1",
+                                "(x1 + 1.0)", "(x0 * x0)"]]
+    trace = BasicSR(X, Y, SMALL, seed=4).run(start=start)
+    assert trace.generations[0].expressions == [str(e) for e in start]
+    assert trace.generations[0].parents == [()] * 10
+    with pytest.raises(ValueError, match="needs 10 members, got 2"):
+        BasicSR(X, Y, SMALL, seed=4).run(start=start[:2])
+
+
+def test_evaluation_budget_ends_a_run_and_evaluations_count_distinct_expressions():
+    full = BasicSR(X, Y, SMALL, seed=5)
+    trace = full.run()
+    assert trace.evaluations == full.evaluations == len({e for g in trace.generations for e in g.expressions})
+    budget = trace.evaluations // 2
+    cut = run_search(X, Y, replace(SMALL, budget_evaluations=budget), seed=5)
+    assert cut.evaluations >= budget and len(cut.generations) < len(trace.generations)
+    seen_before_last = {e for g in cut.generations[:-1] for e in g.expressions}
+    assert len(seen_before_last) < budget  # it stopped at the first generation that reached the budget

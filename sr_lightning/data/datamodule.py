@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,6 +83,7 @@ class OneStepDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters(ignore=["task"])
         self.online = OnlineSettings.of(online)
+        self.hparams.online = asdict(self.online)  # plain data: checkpoints stay loadable with weights_only
         self.task = task
         self.datasets: dict[str, BatchStream] = {}
         self.position = (0, 0)  # (epoch, training batches consumed in it)

@@ -69,14 +69,24 @@ def target_indices(trace: Trace, targets: str) -> list[list[int]]:
 def records_from_trace(trace: Trace, problem: Problem, targets: str = "all",
                        source_file: str = SIDECAR) -> Iterator[dict]:
     """The one-step records of a finished run, in generation then member order."""
+    yield from records_of_members(trace, problem, target_indices(trace, targets), source_file)
+
+
+def records_of_members(trace: Trace, problem: Problem, members: Sequence[Sequence[int]],
+                       source_file: str = SIDECAR, first_generation: int = 0) -> Iterator[dict]:
+    """Records for the chosen ``members[g]`` of generation g+1, each read from generation g.
+
+    ``first_generation``: the generation number the trace's first population has in the context line (a
+    run continued from another run's state counts on from there)."""
     config = trace.config
-    for g, members in enumerate(target_indices(trace, targets)):
+    for g, chosen in enumerate(members):
         current = trace.generations[g]
-        context = context_text(g, problem.n_vars, config.binary_ops, config.unary_ops, config.constants)
+        number = first_generation + g
+        context = context_text(number, problem.n_vars, config.binary_ops, config.unary_ops, config.constants)
         population = population_text(current.expressions, current.fitnesses)
         following = trace.generations[g + 1].expressions
-        for k, member in enumerate(members):
-            metadata = {"target_expression": problem.name, "generation": g, "target_index": k,
+        for k, member in enumerate(chosen):
+            metadata = {"target_expression": problem.name, "generation": number, "target_index": k,
                         "source_expressions_file": source_file}
             yield make_record(context, population, following[member], problem.expression_id, metadata)
 

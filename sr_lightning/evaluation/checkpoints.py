@@ -157,19 +157,28 @@ def rebase(spec: str, run_dir: Path | None) -> str:
     return spec
 
 
-def validation_files(info: dict[str, Any]) -> list[str]:
-    """The run's validation data: ``data.val_files``, or the default data set's ``val.jsonl``."""
+def _default_file(data: dict[str, Any], split: str) -> str | None:
+    """Where a run without ``<split>_files`` read that split: the default data set, or the online held-out set."""
+    from ..data.datamodule import OneStepDataModule
+    from ..data.online import HELDOUT_FILE
+
+    accepted = inspect.signature(OneStepDataModule).parameters
+    module = OneStepDataModule(**{k: v for k, v in data.items() if k in accepted})
+    if module.hparams.source == "online":
+        return str(module._heldout_dir() / HELDOUT_FILE) if split == "val" else None
+    return str(module._default_dir() / f"{split}.jsonl") if module._uses_default_data() else None
+
+
+def run_files(info: dict[str, Any], split: str = "val", hint: str = "pass --data PATH") -> list[str]:
+    """The run's ``split`` data (``train`` or ``val``): ``data.<split>_files``, or the default data set's file."""
     data = info.get("data") or {}
     run_dir = Path(info["run_dir"]) if info.get("run_dir") else None
-    spec = data.get("val_files")
-    if spec is None and data.get("train_files") is None and data:
-        from ..data.datamodule import OneStepDataModule
-
-        accepted = inspect.signature(OneStepDataModule).parameters
-        module = OneStepDataModule(**{k: v for k, v in data.items() if k in accepted})
-        spec = str(module._default_dir() / "val.jsonl")
+    spec = data.get(f"{split}_files")
+    if spec is None and data:
+        spec = _default_file(data, split)
     if spec is None:
-        raise EvaluationInputError("the checkpoint names no validation files; pass --data PATH")
+        what = {"train": "training", "val": "validation"}[split]
+        raise EvaluationInputError(f"the checkpoint names no {what} files; {hint}")
     specs = [spec] if isinstance(spec, str) else list(spec)
     return [rebase(str(s), run_dir) for s in specs]
 

@@ -24,7 +24,7 @@ from ..data.tokenizer import SRTokenizer
 from ..decoding import generate
 from ..model import GPTNeo
 from ..task import OneStepTask
-from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, points_file, validation_files
+from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run, points_file, run_files
 from .report import read_pairs
 
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         model, task, info = load_for_evaluation(args.checkpoint or newest_run(), args.tokenizer, args.device)
-        files = resolve_files(args.data or validation_files(info))
+        files = resolve_files(args.data or run_files(info))
         prompts, prefixes = bench_prompts(files, task, args.n, model, ProblemIndex(points_file(info)))
     except (EvaluationInputError, PointsFileError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,8 +1,11 @@
 """Neural-guided search (the model as BasicSR's proposal step, `proposals`) compared with plain BasicSR.
 
-Both methods run on the same problems, with the same seeds and the same budget: generations, or
-seconds per run (``budget_seconds``; BasicSR then runs more generations); a run stops as soon as it
-is solved (MSE <= 1e-10), so its seconds measure time to solve. The guided runs advance in
+Both methods run on the same problems, with the same seeds and the same budget: generations,
+seconds per run (``budget_seconds``; BasicSR then runs more generations) or fitness evaluations per
+run (``budget_evaluations``: distinct expressions scored, a guided run's screened samples included);
+a run stops as soon as it is solved (MSE <= 1e-10), so its seconds measure time to solve. The
+problems are the named benchmark set and held-out generated ones, or a user's file (``problem_file``:
+our ``problems.json`` layout or the original's expressions file). The guided runs advance in
 lockstep (`lockstep`), many per model call. ``shard`` splits the (problem, seed) runs over
 processes or nodes; `merge` puts the shards' results back together.
 
@@ -25,6 +28,8 @@ from tqdm import tqdm
 from ..markdown import code_cell, table
 from ..model import GPTNeo
 from ..sr.expression import mse, parse, predict, r2
+from ..data.format import BadRecord
+from ..data.points import PointsFileError, checked, read_points_file
 from ..sr.problems import Problem, ProblemConfig, named_problems, random_problem
 from ..sr.search import SOLVED_MSE, BasicSR, RunClock, SearchConfig, Trace
 from ..task import OneStepTask
@@ -44,8 +49,9 @@ TIMING_KEYS = ("wall_seconds", "mean_seconds_per_run", "seconds_per_generation",
 class ComparisonSettings:
     """The budget and sampling of the comparison."""
 
-    generations: int | None = None  # generations per run; None: 50 (the original's), unlimited with a time budget
+    generations: int | None = None  # generations per run; None: 50 (the original's), unlimited with another budget
     budget_seconds: float | None = None  # seconds per run (each method the same); None: generations alone
+    budget_evaluations: int | None = None  # fitness evaluations per run (each method the same)
     population_size: int = 20  # P: the elite plus P - 1 proposals or children
     seeds: int = 1  # runs per problem and method (seeds 0 .. seeds-1, shared by both methods)
     held_out: int = 10  # generated held-out problems (besides the named benchmark problems)
@@ -55,10 +61,16 @@ class ComparisonSettings:
     proposals: int | None = None  # slots the model fills per generation; None: all P - 1 (the original's)
     distinct: bool = False  # a proposal already in the population or the batch falls back to an evolved child
     constrained: bool = False  # sample only well-formed expressions over the problem's primitives
+    oversample: int = 1  # draw this many times the slots and keep the fittest distinct proposals (best-of-k)
+    problem_file: str | None = None  # run on these problems instead of the named and held-out ones
 
     def __post_init__(self) -> None:
         if self.budget_seconds is not None and self.budget_seconds <= 0:
             raise ValueError(f"budget_seconds must be positive, got {self.budget_seconds}")
+        if self.budget_evaluations is not None and self.budget_evaluations < 1:
+            raise ValueError(f"budget_evaluations must be at least 1, got {self.budget_evaluations}")
+        if self.oversample < 1:
+            raise ValueError(f"oversample must be at least 1, got {self.oversample}")
         if self.proposals is not None and not 0 <= self.proposals < self.population_size:
             raise ValueError(f"proposals must be in 0 .. population_size - 1 = {self.population_size - 1}, "
                              f"got {self.proposals}")
@@ -71,17 +83,19 @@ class ComparisonSettings:
     def generation_limit(self) -> int:
         if self.generations is not None:
             return self.generations
-        return 50 if self.budget_seconds is None else UNLIMITED_GENERATIONS
+        unlimited = self.budget_seconds is None and self.budget_evaluations is None
+        return 50 if unlimited else UNLIMITED_GENERATIONS
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(population_size=self.population_size, generations=self.generation_limit,
                             early_stop_mse=SOLVED_MSE, early_stop_extra_generations=0,
-                            budget_seconds=self.budget_seconds)
+                            budget_seconds=self.budget_seconds, budget_evaluations=self.budget_evaluations)
 
     def budget_text(self) -> str:
         limit = None if self.generation_limit == UNLIMITED_GENERATIONS else f"{self.generation_limit} generations"
         seconds = None if self.budget_seconds is None else f"{self.budget_seconds:g} s"
-        return " or ".join(x for x in (limit, seconds) if x) + " per run"
+        evaluations = None if self.budget_evaluations is None else f"{self.budget_evaluations} fitness evaluations"
+        return " or ".join(x for x in (limit, seconds, evaluations) if x) + " per run"
 
 
 # -- problems -------------------------------------------------------------------------------
@@ -90,7 +104,25 @@ def held_out_problems(n: int, config: ProblemConfig = ProblemConfig()) -> list[P
     return [random_problem(HELD_OUT_ID_BASE + i, HELD_OUT_SEED_BASE + i, config) for i in range(n)]
 
 
+def problems_from_file(path: str | Path) -> list[Problem]:
+    """A user's problems: our ``problems.json`` layout (id -> name, X, y) or the original's expressions file,
+    each checked (n x d finite X, n finite y); a bad one is an error naming the file and the problem."""
+    try:
+        problems = read_points_file(path)
+    except PointsFileError as error:
+        raise EvaluationInputError(str(error)) from None
+    if not problems:
+        raise EvaluationInputError(f"{path}: no problems in this file")
+    try:
+        return [checked(problem) for _, problem in sorted(problems.items())]
+    except BadRecord as error:
+        raise EvaluationInputError(f"{path}: {error}") from None
+
+
 def benchmark_problems(settings: ComparisonSettings) -> list[Problem]:
+    """The problems of the comparison: the user's file, else the named set and the held-out ones."""
+    if settings.problem_file is not None:
+        return problems_from_file(settings.problem_file)
     named = list(named_problems().values()) if settings.named else []
     return named + held_out_problems(settings.held_out)
 
@@ -115,14 +147,22 @@ class RunResult:
     well_formed: int  # proposals that parsed within max_size and were used (repeats are not used)
     seconds: float
     repeats: int = 0  # well-formed proposals dropped as repeats (``distinct`` only)
+    evaluations: int = 0  # fitness evaluations: distinct expressions scored, screened proposals included
 
 
 def proposer_for(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
-                 task: OneStepTask) -> NeuralProposer:
+                 task: OneStepTask, search: BasicSR) -> NeuralProposer:
+    """The proposer of a guided run; ``search`` is that run's, whose fitness screens oversampled proposals."""
     return NeuralProposer(model, task, settings.search_config(), problem.n_vars, settings.temperature,
                           settings.max_new_tokens, seed=problem.expression_id * 1000 + seed,
                           count=settings.proposal_count, distinct=settings.distinct, problem=problem,
-                          constrained=settings.constrained)
+                          constrained=settings.constrained, oversample=settings.oversample, screen=search.score)
+
+
+def guided_run(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
+               task: OneStepTask) -> GuidedRun:
+    search = search_for(problem, seed, settings)
+    return GuidedRun(search, proposer_for(problem, seed, settings, model, task, search))
 
 
 def search_for(problem: Problem, seed: int, settings: ComparisonSettings) -> BasicSR:
@@ -136,15 +176,16 @@ def result_of(problem: Problem, method: str, seed: int, trace: Trace, seconds: f
     return RunResult(problem.name, problem.expression_id, problem.n_vars, method, seed, trace.best_expression,
                      error, r2(problem.y, prediction), error <= SOLVED_MSE, len(trace.generations),
                      trace.generations_to_solve(SOLVED_MSE), trace.proposals_total, trace.proposals_well_formed,
-                     seconds, proposer.repeats if proposer else 0)
+                     seconds, proposer.repeats if proposer else 0, trace.evaluations)
 
 
 def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
             model: GPTNeo | None = None, task: OneStepTask | None = None) -> RunResult:
     """One run alone (the neural one asks the model on its own)."""
-    proposer = proposer_for(problem, seed, settings, model, task) if method == "neural" else None
+    search = search_for(problem, seed, settings)
+    proposer = proposer_for(problem, seed, settings, model, task, search) if method == "neural" else None
     clock = RunClock()
-    trace = search_for(problem, seed, settings).run(proposer, clock)
+    trace = search.run(proposer, clock)
     return result_of(problem, method, seed, trace, clock.seconds, proposer)
 
 
@@ -161,8 +202,7 @@ def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GP
     """Both methods on every problem and seed of the shard: BasicSR run by run, the guided runs in lockstep."""
     runs = shard_runs(problems, settings.seeds, shard)
     basic = [run_one(p, "basic", s, settings) for p, s in tqdm(runs, unit="run", desc="BasicSR", disable=None)]
-    guided = run_lockstep([GuidedRun(search_for(p, s, settings), proposer_for(p, s, settings, model, task))
-                           for p, s in runs], batch_runs)
+    guided = run_lockstep([guided_run(p, s, settings, model, task) for p, s in runs], batch_runs)
     neural = [result_of(p, "neural", s, run.trace, run.clock.seconds, run.proposer)
               for (p, s), run in zip(runs, guided)]
     return [result for pair in zip(basic, neural) for result in pair]
@@ -191,6 +231,7 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
             "well_formed_rate": sum(r.well_formed + r.repeats for r in runs) / proposals if proposals else None,
             "repeat_rate": sum(r.repeats for r in runs) / proposals if proposals else None,
             "mean_generations": generations / len(runs),
+            "mean_evaluations": sum(r.evaluations for r in runs) / len(runs),
             "wall_seconds": seconds,  # the search's seconds: the runs' own plus their shares of model calls
             "mean_seconds_per_run": seconds / len(runs),
             "seconds_per_generation": seconds / generations,
@@ -209,7 +250,7 @@ def solved_pairs(results: Sequence[RunResult]) -> dict[str, int]:
 
 
 SUMMARY_COLUMNS = ("runs", "solved", "solved_by_seed", "median_best_mse", "r2_rate", "median_generations_to_solve",
-                   "well_formed_rate", "repeat_rate", "mean_generations", "wall_seconds", "seconds_per_generation",
+                   "well_formed_rate", "repeat_rate", "mean_generations", "mean_evaluations", "wall_seconds", "seconds_per_generation",
                    "solved_per_minute")
 
 
@@ -239,7 +280,8 @@ def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunRes
              f"{settings.seeds} seed(s) per problem; the model fills {settings.proposal_count} of "
              f"{settings.population_size - 1} slots per generation"
              f"{' with distinct proposals' if settings.distinct else ''}"
-             f"{', constrained to well-formed expressions' if settings.constrained else ''}, "
+             f"{', constrained to well-formed expressions' if settings.constrained else ''}"
+             f"{f', the fittest of {settings.oversample}x as many samples' if settings.oversample > 1 else ''}, "
              f"sampled at temperature {settings.temperature}; "
              f"solved = MSE <= {SOLVED_MSE:g} on the problem's points.", "", "## Summary", ""]
     pairs = solved_pairs(results)

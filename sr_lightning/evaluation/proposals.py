@@ -13,7 +13,7 @@ through the model once and its samples continue from its KV cache.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from ..constrained import grammar_for
 from ..data.points import points_batch
 from ..decoding import sample_shared
 from ..model import GPTNeo
-from ..sr.expression import ExpressionError, parse_first
+from ..sr.expression import ExpressionError, Expr, parse_first
 from ..sr.problems import Problem
 from ..sr.search import ProposalRequest, SearchConfig, usable_proposal
 from ..task import OneStepTask
@@ -65,21 +65,27 @@ class NeuralProposer:
     By default it fills all P - 1 slots (the original's way); ``count`` fills fewer, and the search
     evolves the rest. With ``distinct``, repeats become None and fall back to evolved children too;
     ``repeats`` counts them. With ``constrained``, every completion is an expression over the problem's
-    own primitives (`constrained`). Called on its own it is BasicSR's `Proposer`; `propose_together`
+    own primitives (`constrained`). With ``oversample`` K > 1 it samples K x ``count`` completions and keeps
+    the ``count`` fittest distinct usable ones, scored by ``screen`` (the run's own fitness function, so a
+    screened expression is evaluated once). Called on its own it is BasicSR's `Proposer`; `propose_together`
     serves many runs' proposers with one model call.
     """
 
     def __init__(self, model: GPTNeo, task: OneStepTask, config: SearchConfig, n_vars: int,
                  temperature: float = 0.8, max_new_tokens: int = 64, seed: int = 0, count: int | None = None,
-                 distinct: bool = False, problem: Problem | None = None, constrained: bool = False):
+                 distinct: bool = False, problem: Problem | None = None, constrained: bool = False,
+                 oversample: int = 1, screen: Callable[[Expr], tuple[float, float]] | None = None):
         if task.reads_points and problem is None:
             raise ValueError("this model reads each problem's points: give NeuralProposer the problem")
+        if oversample < 1 or (oversample > 1 and screen is None):
+            raise ValueError(f"oversample must be at least 1 and needs a screen above 1, got {oversample}")
         self.model, self.task, self.config, self.n_vars, self.problem = model, task, config, n_vars, problem
         self.prefix = self._prefix(problem)
         self.tokenizer = task.tokenizer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.count = config.population_size - 1 if count is None else count
         self.distinct, self.repeats = distinct, 0
+        self.oversample, self.screen = oversample, screen
         self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
         self.grammar = grammar_for(task.tokenizer, n_vars, config.binary_ops, config.unary_ops, config.constants,
                                    config.max_size, config.max_depth) if constrained else None
@@ -103,15 +109,31 @@ class NeuralProposer:
             raise ValueError(f"the context alone leaves no room for {self.max_new_tokens} new tokens")
         return self.task.prompt_ids(fitted)
 
+    @property
+    def samples(self) -> int:
+        """Completions drawn per generation."""
+        return self.count * self.oversample
+
     def proposals(self, completions: Sequence[Sequence[int]], expressions: Sequence[str]) -> list[str | None]:
-        """The expressions of this run's completions (None where unusable, or a repeat with ``distinct``)."""
+        """The expressions of this run's completions (None where unusable, or a repeat with ``distinct``);
+        with ``oversample``, the ``count`` fittest of them."""
         proposals = [first_expression(self.tokenizer.decode(out)) for out in completions]
-        if not self.distinct:
-            return proposals
-        kept = drop_repeats(proposals, expressions)
-        self.repeats += sum(k is None and usable_proposal(p, self.config.max_size) is not None
-                            for p, k in zip(proposals, kept))
-        return kept
+        if self.distinct:
+            kept = drop_repeats(proposals, expressions)
+            self.repeats += sum(k is None and usable_proposal(p, self.config.max_size) is not None
+                                for p, k in zip(proposals, kept))
+            proposals = kept
+        return self._fittest(proposals) if self.oversample > 1 else proposals
+
+    def _fittest(self, proposals: Sequence[str | None]) -> list[str | None]:
+        """Best-of-k: the ``count`` fittest distinct usable proposals, None after them."""
+        fitness: dict[str, float] = {}
+        for proposal in proposals:
+            expr = usable_proposal(proposal, self.config.max_size)
+            if expr is not None and proposal not in fitness:
+                fitness[proposal] = self.screen(expr)[0]
+        best = sorted(fitness, key=fitness.__getitem__, reverse=True)[: self.count]
+        return best + [None] * (self.count - len(best))
 
     def __call__(self, generation: int, expressions: list[str], fitnesses: list[float]) -> list[str | None]:
         return propose_together([(self, ProposalRequest(generation, expressions, fitnesses))])[0]
@@ -130,12 +152,12 @@ def propose_together(asks: Sequence[tuple[NeuralProposer, ProposalRequest]]) -> 
     if not asks or asks[0][0].count == 0:
         return [[] for _ in asks]
     first = asks[0][0]
-    if any(p.count != first.count or p.model is not first.model or (p.grammar is None) != (first.grammar is None)
+    if any(p.samples != first.samples or p.model is not first.model or (p.grammar is None) != (first.grammar is None)
            for p, _ in asks):
-        raise ValueError("proposers asked together must share the model, the number of proposals and constraints")
+        raise ValueError("proposers asked together must share the model, the number of samples and constraints")
     prompts = [proposer.prompt_ids(*request) for proposer, request in asks]
     prefixes = None if first.prefix is None else torch.cat([proposer.prefix for proposer, _ in asks])
-    outputs = sample_shared(first.model, prompts, first.count, eos_id=first.tokenizer.eos_id,
+    outputs = sample_shared(first.model, prompts, first.samples, eos_id=first.tokenizer.eos_id,
                             pad_id=first.tokenizer.pad_id, max_new_tokens=first.max_new_tokens,
                             temperature=first.temperature, generators=[p.generator for p, _ in asks],
                             prefixes=prefixes, prompts_per_pass=prompts_per_pass(first.model.wte.weight.device),

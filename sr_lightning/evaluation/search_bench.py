@@ -24,11 +24,11 @@ from ..decoding import generate
 from ..markdown import table
 from ..model import GPTNeo
 from ..sr.problems import Problem
-from ..sr.search import RunClock
+from ..sr.search import BasicSR, RunClock
 from ..task import OneStepTask
 from .checkpoints import EvaluationInputError, load_for_evaluation, newest_run
-from .guided_search import ComparisonSettings, benchmark_problems, proposer_for, search_for, shard_runs
-from .lockstep import GuidedRun, run_lockstep
+from .guided_search import ComparisonSettings, benchmark_problems, guided_run, proposer_for, search_for, shard_runs
+from .lockstep import run_lockstep
 from .proposals import NeuralProposer
 
 
@@ -63,15 +63,14 @@ def _one_by_one(name: str, runs: Sequence[tuple[Problem, int]], settings: Compar
     clocks, traces = [], []
     for problem, seed in runs:
         clocks.append(RunClock())
-        traces.append(search_for(problem, seed, settings).run(None if proposer is None else proposer(problem, seed),
-                                                              clocks[-1]))
+        search = search_for(problem, seed, settings)
+        traces.append(search.run(None if proposer is None else proposer(problem, seed, search), clocks[-1]))
     return _figures(name, clocks, traces)
 
 
 def _lockstep(name: str, runs: Sequence[tuple[Problem, int]], settings: ComparisonSettings, model: GPTNeo,
               task: OneStepTask, batch_runs: int) -> dict[str, Any]:
-    done = run_lockstep([GuidedRun(search_for(p, s, settings), proposer_for(p, s, settings, model, task))
-                         for p, s in runs], batch_runs, progress=False)
+    done = run_lockstep([guided_run(p, s, settings, model, task) for p, s in runs], batch_runs, progress=False)
     return _figures(name, [run.clock for run in done], [run.trace for run in done])
 
 
@@ -79,13 +78,13 @@ def benchmark(model: GPTNeo, task: OneStepTask, settings: ComparisonSettings, ba
     """The four paths' figures on the same runs (see the module docstring)."""
     runs = shard_runs(benchmark_problems(settings), settings.seeds)
 
-    def shared(problem: Problem, seed: int) -> NeuralProposer:
-        return proposer_for(problem, seed, settings, model, task)
+    def shared(problem: Problem, seed: int, search: BasicSR) -> NeuralProposer:
+        return proposer_for(problem, seed, settings, model, task, search)
 
     _lockstep("warm-up", runs[:2], settings, model, task, 2)
     rows = [_one_by_one("BasicSR alone", runs, settings),
             _one_by_one("guided, run by run, prompt copied per sample (before)", runs, settings,
-                        lambda problem, seed: CopiedPrompts(shared(problem, seed))),
+                        lambda problem, seed, search: CopiedPrompts(shared(problem, seed, search))),
             _one_by_one("guided, run by run, shared prefill", runs, settings, shared),
             _lockstep(f"guided, {batch_runs} runs in lockstep, shared prefill (now)", runs, settings, model, task,
                       batch_runs)]

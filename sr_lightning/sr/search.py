@@ -74,6 +74,7 @@ class SearchConfig:
     early_stop_mse: float = 3e-16  # once the best reaches this MSE ...
     early_stop_extra_generations: int = 500  # ... the run goes on at most this many more generations
     budget_seconds: float | None = None  # a run also ends once its clock reaches this (checked each generation)
+    budget_evaluations: int | None = None  # ... or once it has evaluated this many distinct expressions
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Trace:
 
     config: SearchConfig
     generations: list[Generation] = field(default_factory=list)
+    evaluations: int = 0  # distinct expressions the run scored (proposals screened by fitness included)
 
     @property
     def final(self) -> Generation:
@@ -231,6 +233,11 @@ class BasicSR:
         self.sampler = TreeSampler(config, self.n_vars, self.rng)
         self._cache: dict[str, tuple[float, float]] = {}
 
+    @property
+    def evaluations(self) -> int:
+        """Fitness evaluations so far: distinct expressions scored (a repeat is looked up, not evaluated)."""
+        return len(self._cache)
+
     # -- evaluation
 
     def score(self, expr: Expr) -> tuple[float, float]:
@@ -310,13 +317,27 @@ class BasicSR:
 
     # -- the run
 
-    def steps(self, asks: bool, clock: RunClock | None = None) -> Generator[ProposalRequest, Sequence, Trace]:
+    def _out_of_budget(self, clock: RunClock) -> bool:
+        c = self.config
+        return ((c.budget_seconds is not None and clock.seconds >= c.budget_seconds)
+                or (c.budget_evaluations is not None and self.evaluations >= c.budget_evaluations))
+
+    def _start(self, start: Sequence[Expr] | None) -> list[Expr]:
+        if start is None:
+            return self.initial_population()
+        if len(start) != self.config.population_size:
+            raise ValueError(f"a start population needs {self.config.population_size} members, got {len(start)}")
+        return list(start)
+
+    def steps(self, asks: bool, clock: RunClock | None = None,
+              start: Sequence[Expr] | None = None) -> Generator[ProposalRequest, Sequence, Trace]:
         """The run as a generator: with ``asks``, it yields a `ProposalRequest` before each new generation and
-        is sent the proposals back; it returns the trace. Whoever drives it keeps ``clock`` (see `RunClock`)."""
+        is sent the proposals back; it returns the trace. Whoever drives it keeps ``clock`` (see `RunClock`).
+        ``start``: the first population (default: `initial_population`), e.g. a state to continue from."""
         c = self.config
         clock = clock or RunClock()
         trace = Trace(c)
-        population = self.initial_population()
+        population = self._start(start)
         parents: list[tuple[int, ...]] = [() for _ in population]
         proposed = used = 0
         best: Expr | None = None
@@ -335,19 +356,21 @@ class BasicSR:
                 [str(e) for e in population], fitnesses, parents, str(best), best_fitness, best_mse,
                 proposed, used))
             g += 1
-            if c.budget_seconds is not None and clock.seconds >= c.budget_seconds:
+            if self._out_of_budget(clock):
                 break
             if g < limit:
                 proposals = (yield ProposalRequest(g - 1, [str(e) for e in population], list(fitnesses))) if asks else ()
                 population, parents, proposed, used = self.next_generation(population, fitnesses, best, proposals)
+        trace.evaluations = self.evaluations
         return trace
 
-    def run(self, proposer: Proposer | None = None, clock: RunClock | None = None) -> Trace:
-        """Evaluate ``generations`` populations (fewer after an early stop or the time budget); the trace.
+    def run(self, proposer: Proposer | None = None, clock: RunClock | None = None,
+            start: Sequence[Expr] | None = None) -> Trace:
+        """Evaluate ``generations`` populations (fewer after an early stop or a budget); the trace.
 
-        ``clock`` (a new one if None) counts the run's seconds, the proposer's included."""
+        ``clock`` (a new one if None) counts the run's seconds, the proposer's included; ``start`` as in `steps`."""
         clock = clock or RunClock()
-        steps = self.steps(asks=proposer is not None, clock=clock)
+        steps = self.steps(asks=proposer is not None, clock=clock, start=start)
         try:
             with clock:
                 request = next(steps)
