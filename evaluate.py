@@ -46,6 +46,8 @@ def build_parser() -> ArgumentParser:
                                                   "validated on, so val_loss is its val/loss; 0: every line)")
     report.add_argument("--batch-size", type=int, default=32)
     report.add_argument("--max-new-tokens", type=int, default=128)
+    report.add_argument("--samples", type=int, default=16, help="a direct model's sampled guesses per problem "
+                        "(best-of-k, besides the greedy one; default 16)")
     search = command_parser("evaluate.py search", "neural-guided search vs BasicSR")
     _common(search)
     search.add_argument("--problems", type=int, default=10, help="held-out generated problems (default 10)")
@@ -69,6 +71,14 @@ def build_parser() -> ArgumentParser:
                         "batch falls back to an evolved child")
     search.add_argument("--constrained", action="store_true", help="sample only well-formed expressions over "
                         "each problem's variables, operators and constants (a prefix-validity mask per token)")
+    search.add_argument("--init", choices=("random", "direct"), default="random", help="direct: --checkpoint is "
+                        "a direct model; BasicSR also runs warm-started from its guesses, against the cold start")
+    search.add_argument("--warm", type=int, default=5, help="with --init direct: the fittest distinct guesses "
+                        "put in the first population (the rest BasicSR's own; default 5)")
+    search.add_argument("--init-samples", type=int, default=16, help="with --init direct: guesses sampled per "
+                        "problem and seed (default 16)")
+    search.add_argument("--guide", help="with --init direct: a one-step model; guided search then runs too, "
+                        "cold and warm")
     search.add_argument("--oversample", type=int, default=1, help="draw K x the slots and keep the fittest "
                         "distinct proposals (best-of-K, screened on the problem's points; default 1: off)")
     search.add_argument("--batch-runs", type=int, default=64, help="guided runs that advance together, one model "
@@ -142,7 +152,8 @@ def report(args: Namespace) -> None:
     model, task, info = _load(args)
     files = resolve_files(args.data or run_files(info))
     limit = _limit(args, info, files)
-    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit)
+    settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit,
+                            direct_samples=args.samples)
     out = _out(args, info, "evaluation")
     problems = ProblemIndex(args.problems or points_file(info))  # as the run found them
     result = build_report(model, task, info, files, settings, problems, out)
@@ -158,7 +169,8 @@ def search(args: Namespace) -> None:
     try:
         settings = gs.ComparisonSettings(generations=args.generations, budget_seconds=args.budget_seconds,
                                          budget_evaluations=args.budget_evaluations, oversample=args.oversample,
-                                         problem_file=args.problem_file,
+                                         problem_file=args.problem_file, init=args.init, warm=args.warm,
+                                         init_samples=args.init_samples,
                                          population_size=args.population, seeds=args.seeds,
                                          held_out=args.problems, named=not args.no_named,
                                          temperature=args.temperature, max_new_tokens=args.max_new_tokens,
@@ -170,9 +182,29 @@ def search(args: Namespace) -> None:
         raise EvaluationInputError(f"--batch-runs must be at least 1, got {args.batch_runs}")
     problems = gs.benchmark_problems(settings)  # a bad --problem-file fails before the model loads
     model, task, info = _load(args)
-    results = gs.compare(problems, settings, model, task, args.batch_runs, args.shard)
+    direct = None
+    if args.init == "direct":
+        if task.mode != "direct":
+            raise EvaluationInputError(f"--init direct: {info['checkpoint']} is a one-step model; give a direct "
+                                       "one (trained with --data.mode direct) and the one-step model as --guide")
+        direct, (model, task) = (model, task), _guide(args)
+    elif args.guide:
+        raise EvaluationInputError("--guide goes with --init direct (--checkpoint is then the direct model)")
+    results = gs.compare(problems, settings, model, task, args.batch_runs, args.shard, direct)
     out = _out(args, info, "search" if args.shard == (0, 1) else f"search-shard{args.shard[0]}of{args.shard[1]}")
     _write_search(results, settings, info["checkpoint"], out, args.shard)
+
+
+def _guide(args: Namespace) -> tuple[Any, Any]:
+    """The one-step model of ``--guide`` (None, None without one)."""
+    if not args.guide:
+        return None, None
+    from sr_lightning.evaluation.checkpoints import EvaluationInputError, load_for_evaluation
+
+    model, task, info = load_for_evaluation(args.guide, args.tokenizer, _device(args.device))
+    if task.mode != "onestep":
+        raise EvaluationInputError(f"--guide: {info['checkpoint']} is a direct model, not a one-step one")
+    return model, task
 
 
 def merge(args: Namespace) -> None:

@@ -22,6 +22,8 @@ from .data.tokenizer import SRTokenizer
 from .model import GPTNeo
 from .sr.problems import Problem
 
+MODES = ("onestep", "direct")
+
 
 @dataclass(frozen=True)
 class OneStepTask:
@@ -37,12 +39,20 @@ class OneStepTask:
     """Points of its problem each example brings to the model (the first ones); 0: the model reads none."""
     context: str = "basic"
     """``basic``: the context line as written; ``rich``: statistics of the problem's y appended (`describe`)."""
+    mode: str = "onestep"
+    """``onestep``: read a population, write one member of the next; ``direct``: read the problem (its points
+    and context line), write its whole expression. Set by the data (``--data.mode``)."""
 
     def __post_init__(self) -> None:
         if self.max_length < 2:
             raise ValueError(f"max_length must be at least 2 tokens, got {self.max_length}")
         if self.context not in CONTEXT_KINDS:
             raise ValueError(f"context must be one of {', '.join(CONTEXT_KINDS)}, got {self.context!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == "direct" and not self.reads_points:
+            raise ValueError("a direct model writes the expression from the problem's points: give it an "
+                             "input embedder (--model.input_embedder e2e or set) or --model.context rich")
 
     @property
     def reads_points(self) -> bool:
@@ -59,10 +69,23 @@ class OneStepTask:
         points = model.config.embedder_max_points if model.input_embedder is not None else 0
         return cls(tokenizer, max_length or positions, include_target_token, points, context)
 
+    def of_this_mode(self, pairs: Sequence[Pair], report: LineReport) -> list[Pair]:
+        """The pairs of this task's kind; the other kind is reported and left out (a generic prompt is either)."""
+        kept = []
+        for pair in pairs:
+            if pair.prompt is None and pair.direct != (self.mode == "direct"):
+                kind, why = ("direct", "no 'population'") if pair.direct else ("one-step", "a 'population'")
+                run = "one-step" if self.mode == "onestep" else self.mode
+                report.skip(pair.source, f"{kind} example in a {run} run (it has {why}; see --data.mode)")
+            else:
+                kept.append(pair)
+        return kept
+
     def encode(self, pairs: Sequence[Pair], report: LineReport,
                problems: ProblemIndex | None = None) -> list[tuple[Pair, Encoded]]:
         """Each pair beside its fitted encoding (with its points when the model reads them); a pair that
-        cannot fit, or whose points cannot be found, is reported and left out."""
+        cannot fit, is of the other mode, or whose points cannot be found, is reported and left out."""
+        pairs = self.of_this_mode(pairs, report)
         if not self.reads_points:
             return fitted_pairs(pairs, self.tokenizer, self.max_length, report)
         if problems is None:

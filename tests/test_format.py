@@ -61,7 +61,6 @@ def test_generic_prompt_form_is_accepted():
 @pytest.mark.parametrize("record, reason", [
     ([1, 2], "JSON object"),
     ({"context": "c", "population": "p"}, "missing field 'target'"),
-    ({"context": "c", "target": "x0"}, "missing field 'population'"),
     ({"population": "p", "target": "x0"}, "missing field 'context'"),
     ({"context": "c", "population": 5, "target": "x0"}, "'population' is int"),
     ({"context": "c", "population": "p", "target": "  "}, "empty target"),
@@ -70,6 +69,15 @@ def test_generic_prompt_form_is_accepted():
 def test_bad_records_say_why(record, reason):
     with pytest.raises(BadRecord, match=reason):
         pair_from_record(record)
+
+
+def test_a_record_without_population_is_a_direct_example():
+    pair = pair_from_record({"context": "2 variables | ops: *,+,- | constants: 1.0", "target": "(x0 * x1)",
+                             "X_data": [[1.0, 2.0]], "y_data": [2.0]})
+    assert pair.direct and pair.inline_points == ([[1.0, 2.0]], [2.0])
+    assert pair.text == "<|endoftext|><CONTEXT>2 variables | ops: *,+,- | constants: 1.0<TARGET>(x0 * x1)<|endoftext|>"
+    assert not pair_from_record({"context": "c", "population": "p", "target": "x0"}).direct
+    assert not pair_from_record({"prompt": "p", "target": "x0"}).direct
 
 
 def test_with_population_keeps_everything_else():

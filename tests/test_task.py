@@ -9,7 +9,7 @@ import pytest
 from sr_lightning.data.datamodule import OneStepDataModule
 from sr_lightning.data.stream import LineReport, parse_lines
 from sr_lightning.data.tokenizer import SRTokenizer
-from sr_lightning.evaluation.checkpoints import _legacy_task
+from sr_lightning.evaluation.checkpoints import _task_of_run
 from sr_lightning.module import OneStepLM
 from sr_lightning.task import OneStepTask
 from tests.helpers import SAMPLE, fixture_lines
@@ -63,6 +63,6 @@ def test_the_task_labels_the_target_token_only_when_asked():
 
 def test_checkpoints_from_before_the_contract_keep_their_data_settings():
     task = OneStepTask(SRTokenizer.default(), 1024)
-    old = _legacy_task(task, {"max_length": 512, "include_target_token": True, "batch_size": 16})
+    old = _task_of_run(task, {"max_length": 512, "include_target_token": True, "batch_size": 16})
     assert (old.max_length, old.include_target_token) == (512, True)
-    assert _legacy_task(task, {"batch_size": 16}) == task
+    assert _task_of_run(task, {"batch_size": 16}) == task

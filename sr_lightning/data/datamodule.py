@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,7 @@ from ..task import OneStepTask
 from .dataset import BatchStream, EpochLoader, OneStepBatches, StreamSettings
 from .online import HELDOUT_FILE, OnlineBatches, OnlineSettings, write_heldout_set
 from .points import ProblemIndex
-from .stream import FileSpec, cache_dir, resolve_files
+from .stream import BadInputError, FileSpec, cache_dir, resolve_files
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ class OneStepDataModule(L.LightningDataModule):
         online: The online generator's settings (``--data.online.examples_per_problem 16`` ...).
         points_file: A points file for every example (JSON, NPZ or pickle by expression id) when the model
             reads points; else each file's own (``metadata.source_expressions_file`` or ``problems.json``).
+        mode: ``onestep`` (a population -> one member of the next generation) or ``direct`` (a problem's
+            points and primitives -> its whole expression; the model must read the points). The generated
+            default data, the online source and its held-out set follow it; lines of the other kind are
+            skipped and counted.
         task: The model's `OneStepTask` (tokenizer, context length, labels): ``train.py`` links it from
             the LightningModule; in code pass ``task=module.task``.
     """
@@ -78,6 +82,7 @@ class OneStepDataModule(L.LightningDataModule):
         source: Literal["files", "online"] = "files",
         online: OnlineSettings = OnlineSettings(),
         points_file: str | None = None,
+        mode: Literal["onestep", "direct"] = "onestep",
         task: OneStepTask | None = None,
     ):
         super().__init__()
@@ -92,10 +97,11 @@ class OneStepDataModule(L.LightningDataModule):
 
     # -- files ----------------------------------------------------------------------------
     def _default_dir(self) -> Path:
-        """One directory per (targets, problems, seed), so changing a setting never reuses stale data."""
+        """One directory per (mode, targets, problems, seed), so changing a setting never reuses stale data."""
         h = self.hparams
         root = Path(h.default_data_dir) if h.default_data_dir else default_data_dir()
-        return root / f"{h.default_targets}-{h.default_problems}problems-seed{h.seed}"
+        kind = "direct" if h.mode == "direct" else h.default_targets
+        return root / f"{kind}-{h.default_problems}problems-seed{h.seed}"
 
     def _uses_default_data(self) -> bool:
         return self.hparams.source == "files" and self.hparams.train_files is None and self.hparams.val_files is None
@@ -104,7 +110,8 @@ class OneStepDataModule(L.LightningDataModule):
         """One directory per held-out-shaping settings, so a changed setting never reuses a stale set."""
         h = self.hparams
         root = Path(h.default_data_dir) if h.default_data_dir else default_data_dir()
-        return root / f"online-heldout-{self.online.heldout_key()}"
+        mode = "direct-" if h.mode == "direct" else ""
+        return root / f"online-heldout-{mode}{self.online.heldout_key()}"
 
     def _files(self, split: str) -> list[Path]:
         spec = self.hparams[f"{split}_files"]
@@ -119,7 +126,7 @@ class OneStepDataModule(L.LightningDataModule):
         h = self.hparams
         if h.source == "online" and h.val_files is None and not (self._heldout_dir() / "manifest.json").is_file():
             log.info("writing the online held-out validation set into %s (first use only)", self._heldout_dir())
-            write_heldout_set(self._heldout_dir(), self.online)
+            write_heldout_set(self._heldout_dir(), self.online, h.mode)
         if not self._uses_default_data():
             return
         out = self._default_dir()
@@ -132,7 +139,7 @@ class OneStepDataModule(L.LightningDataModule):
         log.info("generating the default data set: %d BasicSR runs into %s (first use only; "
                  "SR_LIGHTNING_CACHE or --data.default_data_dir moves it)", h.default_problems, out)
         start = time.perf_counter()
-        job = Job(h.seed, ProblemConfig(), SearchConfig(), h.default_targets)
+        job = Job(h.seed, ProblemConfig(), SearchConfig(), h.default_targets, h.mode)
         splits = write_dataset(out, h.default_problems, job, workers=max(1, os.cpu_count() or 1))["splits"]
         log.info("wrote %s in %.0f s", ", ".join(f"{c['examples']:,} {name} examples" for name, c in splits.items()),
                  time.perf_counter() - start)
@@ -150,6 +157,10 @@ class OneStepDataModule(L.LightningDataModule):
         if self.task is None:
             raise ValueError("OneStepDataModule has no task: train.py links the model's; in code pass "
                              "OneStepDataModule(..., task=module.task)")
+        try:
+            self.task = replace(self.task, mode=self.hparams.mode)  # --data.mode: what the examples ask
+        except ValueError as error:
+            raise BadInputError(f"--data.mode {self.hparams.mode}: {error}") from None
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         val_batch = self.hparams.val_batch_size or self.hparams.batch_size
         problems = ProblemIndex(self.hparams.points_file) if self.task.reads_points else None  # read once

@@ -3,6 +3,11 @@
 The original system built training prompts and inference prompts in two places and they
 drifted apart (operator order, generation number). Everything that turns a record into text,
 or search state into a record, lives here so the two can never disagree.
+
+Two kinds of example share the layout: one-step (``context`` + ``population`` -> one member of
+the next generation) and direct (``context`` alone, with the problem's points, -> the problem's
+whole expression): ``<|endoftext|><CONTEXT>{context}<TARGET>{target}<|endoftext|>``, whose
+context names the primitives without a generation (`direct_context`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,14 @@ def format_constant(value: float) -> str:
     return repr(float(value))
 
 
+def direct_context(n_vars: int, binary_ops: Sequence[str], unary_ops: Sequence[str],
+                   constants: Sequence[float]) -> str:
+    """``3 variables | ops: *,+,- | constants: 1.0``: sorted binary ops, then sorted unary ops."""
+    ops = ",".join([*sorted(binary_ops), *sorted(unary_ops)])
+    consts = ",".join(format_constant(c) for c in constants)
+    return f"{n_vars} variables | ops: {ops} | constants: {consts}"
+
+
 def context_text(
     generation: int,
     n_vars: int,
@@ -35,10 +48,8 @@ def context_text(
     unary_ops: Sequence[str],
     constants: Sequence[float],
 ) -> str:
-    """``generation: 0 | 3 variables | ops: *,+,- | constants: 1.0``: sorted binary ops, then sorted unary ops."""
-    ops = ",".join([*sorted(binary_ops), *sorted(unary_ops)])
-    consts = ",".join(format_constant(c) for c in constants)
-    return f"generation: {generation} | {n_vars} variables | ops: {ops} | constants: {consts}"
+    """``generation: 0 | 3 variables | ops: *,+,- | constants: 1.0``: the one-step context line."""
+    return f"generation: {generation} | {direct_context(n_vars, binary_ops, unary_ops, constants)}"
 
 
 def format_fitness(fitness: float) -> str:
@@ -68,13 +79,14 @@ def population_items(population: str) -> list[tuple[str, str]]:
 
 def make_record(
     context: str,
-    population: str,
+    population: str | None,
     target: str,
     expression_id: int | None = None,
     metadata: dict | None = None,
 ) -> dict:
-    """A one-step record with the original's key order."""
-    record: dict = {"context": context, "population": population, "target": target}
+    """A record with the original's key order; a direct one (``population`` None) has no population."""
+    record: dict = {"context": context} if population is None else {"context": context, "population": population}
+    record["target"] = target
     if expression_id is not None:
         record["expression_id"] = expression_id
     if metadata is not None:
@@ -106,10 +118,17 @@ class Pair:
     """``(X_data, y_data)`` when the record carries its points itself (the original's direct format)."""
 
     @property
+    def direct(self) -> bool:
+        """A direct example: the context (and the points) alone, no population."""
+        return self.prompt is None and self.population is None
+
+    @property
     def input_text(self) -> str:
         """The input part the original tokenized on its own."""
         if self.prompt is not None:
             return EOS + self.prompt
+        if self.population is None:
+            return f"{EOS}{CONTEXT}{self.context}"
         return f"{EOS}{CONTEXT}{self.context}{POPULATION}{self.population}"
 
     @property
@@ -157,7 +176,8 @@ def pair_from_record(obj: object, source: str = "") -> Pair:
     if "prompt" in obj and "context" not in obj and "population" not in obj:
         return Pair(target, prompt=_require_string(obj, "prompt"), expression_id=expression_id,
                     metadata=metadata, source=source, inline_points=points)
-    return Pair(target, _require_string(obj, "context"), _require_string(obj, "population"),
+    population = _require_string(obj, "population") if "population" in obj else None  # None: direct
+    return Pair(target, _require_string(obj, "context"), population,
                 expression_id=expression_id, metadata=metadata, source=source, inline_points=points)
 
 

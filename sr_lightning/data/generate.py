@@ -10,6 +10,11 @@ One record per (generation g, target member of generation g+1): the model reads 
 and writes that member. ``--targets ancestors`` keeps only members that are ancestors of the
 run's final best (the original's ``*_ancs*`` files); ``--targets new-ancestors`` keeps those of
 them that generation g does not already hold.
+
+``--mode direct`` writes one record per problem instead, without a search: the context line of its
+primitives and the problem's own expression as the target (`direct_record`); the points stay in
+``problems.json`` (by ``expression_id``) or, with ``--inline-points``, go into each record as
+``X_data`` / ``y_data`` (the original's direct layout).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from jsonargparse import ArgumentParser, Namespace
 from tqdm import tqdm
 
 from sr_lightning.commands import comma_list, command_parser, shard
-from sr_lightning.data.format import context_text, dump_record, make_record, population_text
+from sr_lightning.data.format import context_text, direct_context, dump_record, make_record, population_text
 from sr_lightning.data.points import SIDECAR
 from sr_lightning.sr.problems import (
     GENERATED_ID_BASE,
@@ -42,6 +47,7 @@ from sr_lightning.sr.problems import (
 from sr_lightning.sr.search import Seed, SearchConfig, Trace, ancestors_of_best, run_search
 
 SPLITS = ("train", "val", "test")
+MODES = ("onestep", "direct")
 TARGETS = ("all", "ancestors", "new-ancestors")
 _SEARCH_STREAM = 1  # seeds the search of a problem apart from the draw of the problem itself
 _SPLIT_STREAM = 2
@@ -91,6 +97,27 @@ def records_of_members(trace: Trace, problem: Problem, members: Sequence[Sequenc
             yield make_record(context, population, following[member], problem.expression_id, metadata)
 
 
+def direct_record(problem: Problem, config: SearchConfig = SearchConfig(), inline_points: bool = False,
+                  source_file: str = SIDECAR) -> dict:
+    """The direct example of ``problem``: its primitives' context line -> its expression as printed."""
+    if problem.expression is None:
+        raise ValueError(f"problem {problem.expression_id} records no expression to write as a target")
+    context = direct_context(problem.n_vars, config.binary_ops, config.unary_ops, config.constants)
+    metadata = {"target_expression": problem.name, "source_expressions_file": source_file}
+    record = make_record(context, None, problem.expression, problem.expression_id, metadata)
+    if inline_points:
+        record.update(X_data=problem.X.tolist(), y_data=problem.y.tolist())
+    return record
+
+
+def problem_records(problem: Problem, config: SearchConfig, targets: str, mode: str = "onestep",
+                    inline_points: bool = False) -> list[dict]:
+    """A problem's records: its BasicSR run's one-step records, or its one direct record."""
+    if mode == "direct":
+        return [direct_record(problem, config, inline_points)]
+    return list(generate_examples(problem, config, targets))
+
+
 def generate_examples(problem: Problem, config: SearchConfig = SearchConfig(), targets: str = "all",
                       seed: Seed = None, source_file: str = SIDECAR) -> Iterator[dict]:
     """Run BasicSR on ``problem`` and yield its one-step records; the default seed derives from the problem's."""
@@ -125,13 +152,16 @@ class Job:
     problem: ProblemConfig
     search: SearchConfig
     targets: str
+    mode: str = "onestep"
+    inline_points: bool = False
 
 
 def _problem_lines(task: tuple[Job, int]) -> tuple[Problem, list[str]]:
     """The ``index``-th problem and its JSONL lines (runs in a worker process)."""
     job, index = task
     problem = random_problem(generated_id(index), dataset_problem_seed(job.seed, index), job.problem)
-    return problem, [dump_record(r) for r in generate_examples(problem, job.search, job.targets)]
+    records = problem_records(problem, job.search, job.targets, job.mode, job.inline_points)
+    return problem, [dump_record(r) for r in records]
 
 
 def _results(job: Job, indices: Sequence[int], workers: int) -> Iterator[tuple[Problem, list[str]]]:
@@ -166,7 +196,7 @@ def write_dataset(out: str | Path, n_problems: int, job: Job, workers: int = 1,
             counts[split]["examples"] += len(lines)
             progress.update()
     manifest = {
-        "seed": job.seed, "problems": n_problems, "targets": job.targets,
+        "seed": job.seed, "problems": n_problems, "mode": job.mode, "targets": job.targets,
         "val_fraction": val_fraction, "test_fraction": test_fraction,
         "expression_ids": f"{GENERATED_ID_BASE} + problem index",
         "search": asdict(job.search), "problem": asdict(job.problem), "splits": counts, "shard": list(shard),
@@ -181,6 +211,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--mode", choices=MODES, default="onestep", help="onestep: BasicSR traces; direct: one record "
+                   "per problem, the problem's own expression as the target")
+    p.add_argument("--inline-points", action="store_true", help="direct: X_data/y_data in each record instead "
+                   "of problems.json alone")
     p.add_argument("--targets", choices=TARGETS, default="all")
     p.add_argument("--generations", type=int, default=SearchConfig.generations)
     p.add_argument("--population", type=int, default=SearchConfig.population_size)
@@ -201,7 +235,7 @@ def job_from_args(args: Namespace) -> Job:
                           binary_ops=args.binary_ops, unary_ops=args.unary_ops)
     problem = ProblemConfig(min_vars=args.min_vars, max_vars=args.max_vars, binary_ops=args.binary_ops,
                             unary_ops=args.unary_ops)
-    return Job(args.seed, problem, search, args.targets)
+    return Job(args.seed, problem, search, args.targets, args.mode, args.inline_points)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -50,7 +50,7 @@ from ..sr.search import SearchConfig
 from ..task import OneStepTask
 from .dataset import BatchStream, StreamSettings
 from .format import dump_record, pair_from_record
-from .generate import TARGETS, generate_examples
+from .generate import TARGETS, problem_records
 from .points import SIDECAR, ProblemIndex
 from .stream import LineReport
 from .tokenizer import SRTokenizer
@@ -181,9 +181,10 @@ def draw_problem(index: int, base_seed: int, settings: OnlineSettings, named: Se
     raise RuntimeError(f"problem {index}: every draw computes a named benchmark")
 
 
-def trace_records(problem: Problem, settings: OnlineSettings) -> list[dict]:
-    """Every one-step record of a BasicSR run on ``problem`` (the search is seeded by the problem)."""
-    return list(generate_examples(problem, settings.search, settings.targets))
+def trace_records(problem: Problem, settings: OnlineSettings, mode: str = "onestep") -> list[dict]:
+    """Every one-step record of a BasicSR run on ``problem`` (the search is seeded by the problem), or its
+    one direct record."""
+    return problem_records(problem, settings.search, settings.targets, mode)
 
 
 def sample_records(records: Sequence[dict], count: int, rng: np.random.Generator) -> list[dict]:
@@ -193,8 +194,11 @@ def sample_records(records: Sequence[dict], count: int, rng: np.random.Generator
 
 
 def record_source(record: dict) -> str:
-    """Where an online example came from: ``online:<expression_id>:g<generation>:t<target index>``."""
+    """Where an online example came from: ``online:<expression_id>:g<generation>:t<target index>`` (a direct
+    example: ``online:<expression_id>``)."""
     meta = record["metadata"]
+    if "generation" not in meta:
+        return f"online:{record['expression_id']}"
     return f"online:{record['expression_id']}:g{meta['generation']}:t{meta['target_index']}"
 
 
@@ -213,7 +217,8 @@ class OnlineBatches(BatchStream):
 
     @property
     def problems_per_batch(self) -> int:
-        return -(-self.settings.batch_size // self.online.examples_per_problem)
+        per_problem = 1 if self.task.mode == "direct" else self.online.examples_per_problem
+        return -(-self.settings.batch_size // per_problem)
 
     def __len__(self) -> int:
         """Batches per rank and epoch (the same on every rank)."""
@@ -239,7 +244,7 @@ class OnlineBatches(BatchStream):
             problem = draw_problem(training_index(number), self.settings.seed, self.online, self.named)
             problems[problem.expression_id] = problem
             share = min(group * self.online.examples_per_problem, wanted - len(pool))
-            pool += sample_records(trace_records(problem, self.online), share, rng)
+            pool += sample_records(trace_records(problem, self.online, self.task.mode), share, rng)
             if len(pool) == wanted:
                 break
         return [pool[member::group] for member in range(group)]
@@ -278,9 +283,10 @@ def heldout_problems(settings: OnlineSettings) -> list[Problem]:
     return drawn + named
 
 
-def write_heldout_set(out_dir: str | Path, settings: OnlineSettings) -> dict:
-    """Write ``val.jsonl`` (``examples_per_problem`` records per held-out problem), ``problems.json``
-    and ``manifest.json`` into ``out_dir``; returns the manifest. Deterministic for the settings."""
+def write_heldout_set(out_dir: str | Path, settings: OnlineSettings, mode: str = "onestep") -> dict:
+    """Write ``val.jsonl`` (``examples_per_problem`` records per held-out problem; direct: its one record),
+    ``problems.json`` and ``manifest.json`` into ``out_dir``; returns the manifest. Deterministic for the
+    settings."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     problems = heldout_problems(settings)
@@ -288,11 +294,11 @@ def write_heldout_set(out_dir: str | Path, settings: OnlineSettings) -> dict:
     with open(out / HELDOUT_FILE, "w", encoding="utf-8") as lines, ProblemsWriter(out / SIDECAR) as sidecar:
         for problem in problems:
             rng = np.random.default_rng([settings.heldout_seed, problem.expression_id])
-            records = sample_records(trace_records(problem, settings), settings.examples_per_problem, rng)
+            records = sample_records(trace_records(problem, settings, mode), settings.examples_per_problem, rng)
             lines.writelines(dump_record(r) + "\n" for r in records)
             sidecar.add(problem)
             examples += len(records)
-    manifest = {"key": settings.heldout_key(), "settings": asdict(settings), "problems": len(problems),
+    manifest = {"key": settings.heldout_key(), "mode": mode, "settings": asdict(settings), "problems": len(problems),
                 "named": len(problems) - settings.heldout_problems, "examples": examples}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest

@@ -255,10 +255,12 @@ def _load_hf(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, One
     return model, OneStepTask.for_model(tokenizer, model), info
 
 
-def _legacy_task(task: OneStepTask, data: dict[str, Any]) -> OneStepTask:
-    """Checkpoints written before the task contract kept two of its settings among the data's arguments."""
+def _task_of_run(task: OneStepTask, data: dict[str, Any]) -> OneStepTask:
+    """The task as the run's data set it: its mode, and two settings checkpoints written before the task
+    contract kept among the data's arguments."""
     return replace(task, max_length=data.get("max_length") or task.max_length,
-                   include_target_token=bool(data.get("include_target_token", task.include_target_token)))
+                   include_target_token=bool(data.get("include_target_token", task.include_target_token)),
+                   mode=data.get("mode") or task.mode)
 
 
 def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTNeo, OneStepTask, dict[str, Any]]:
@@ -276,7 +278,7 @@ def _load_lightning(path: Path, tokenizer_file: str | Path | None) -> tuple[GPTN
     except Exception as error:  # a checkpoint of another model, or damaged tensors
         raise EvaluationInputError(f"{path}: not a readable sr_lightning checkpoint ({_reason(error)})") from error
     data = _run_data_hparams(checkpoint, run_dir)
-    task = _legacy_task(lm.task, data)
+    task = _task_of_run(lm.task, data)
     if tokenizer_file:
         task = replace(task, tokenizer=_tokenizer(tokenizer_file))
     state = _monitor_state(checkpoint) or {}

@@ -27,20 +27,22 @@ from tqdm import tqdm
 
 from ..markdown import code_cell, table
 from ..model import GPTNeo
-from ..sr.expression import mse, parse, predict, r2
+from ..sr.expression import Expr, mse, parse, predict, r2
 from ..data.format import BadRecord
 from ..data.points import PointsFileError, checked, read_points_file
 from ..sr.problems import Problem, ProblemConfig, named_problems, random_problem
 from ..sr.search import SOLVED_MSE, BasicSR, RunClock, SearchConfig, Trace
 from ..task import OneStepTask
 from .checkpoints import EvaluationInputError
+from .direct import DirectSettings, direct_guesses, direct_pair
 from .lockstep import GuidedRun, run_lockstep
 from .proposals import NeuralProposer
 
 HELD_OUT_SEED_BASE = 2**32  # above every 32-bit seed of the data generator's problems
 HELD_OUT_ID_BASE = 10**9  # expression ids of held-out problems, far above any generated id
 R2_THRESHOLD = 0.99
-METHODS = ("basic", "neural")
+METHODS = ("basic", "neural", "warm", "warm_neural")  # warm: the first population holds direct guesses
+INITS = ("random", "direct")
 UNLIMITED_GENERATIONS = 10**9  # with a time budget and no generation limit
 TIMING_KEYS = ("wall_seconds", "mean_seconds_per_run", "seconds_per_generation", "solved_per_minute")
 
@@ -63,6 +65,9 @@ class ComparisonSettings:
     constrained: bool = False  # sample only well-formed expressions over the problem's primitives
     oversample: int = 1  # draw this many times the slots and keep the fittest distinct proposals (best-of-k)
     problem_file: str | None = None  # run on these problems instead of the named and held-out ones
+    init: str = "random"  # direct: also runs whose first population holds a direct model's best guesses
+    warm: int = 5  # with init direct: that many of the fittest distinct guesses replace random members
+    init_samples: int = 16  # with init direct: guesses sampled per problem and seed
 
     def __post_init__(self) -> None:
         if self.budget_seconds is not None and self.budget_seconds <= 0:
@@ -71,6 +76,10 @@ class ComparisonSettings:
             raise ValueError(f"budget_evaluations must be at least 1, got {self.budget_evaluations}")
         if self.oversample < 1:
             raise ValueError(f"oversample must be at least 1, got {self.oversample}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if not 0 <= self.warm <= self.population_size:
+            raise ValueError(f"warm must be in 0 .. population_size = {self.population_size}, got {self.warm}")
         if self.proposals is not None and not 0 <= self.proposals < self.population_size:
             raise ValueError(f"proposals must be in 0 .. population_size - 1 = {self.population_size - 1}, "
                              f"got {self.proposals}")
@@ -159,10 +168,23 @@ def proposer_for(problem: Problem, seed: int, settings: ComparisonSettings, mode
                           constrained=settings.constrained, oversample=settings.oversample, screen=search.score)
 
 
-def guided_run(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo,
-               task: OneStepTask) -> GuidedRun:
-    search = search_for(problem, seed, settings)
-    return GuidedRun(search, proposer_for(problem, seed, settings, model, task, search))
+def guided_run(problem: Problem, seed: int, settings: ComparisonSettings, model: GPTNeo, task: OneStepTask,
+               guesses: Sequence[Expr | None] | None = None) -> GuidedRun:
+    """A guided run, warm-started from ``guesses`` when given."""
+    search, clock = search_for(problem, seed, settings), RunClock()
+    with clock:
+        start = None if guesses is None else warm_population(search, guesses, settings.warm)
+    return GuidedRun(search, proposer_for(problem, seed, settings, model, task, search), clock, start)
+
+
+def warm_population(search: BasicSR, guesses: Sequence[Expr | None], k: int) -> list[Expr]:
+    """The first population of a warm start: the ``k`` fittest distinct usable guesses (scored by the run
+    itself, so they count as its evaluations), then BasicSR's own initial population, cut to size.
+    With k = 0 it is exactly the cold start's (the same random draws)."""
+    usable = list(dict.fromkeys(g for g in guesses if g is not None and g.size <= search.config.max_size))
+    best = sorted(usable, key=lambda g: search.score(g)[0], reverse=True)[:k] if k else []
+    base = search.initial_population()
+    return best + base[: search.config.population_size - len(best)]
 
 
 def search_for(problem: Problem, seed: int, settings: ComparisonSettings) -> BasicSR:
@@ -180,12 +202,16 @@ def result_of(problem: Problem, method: str, seed: int, trace: Trace, seconds: f
 
 
 def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,
-            model: GPTNeo | None = None, task: OneStepTask | None = None) -> RunResult:
-    """One run alone (the neural one asks the model on its own)."""
+            model: GPTNeo | None = None, task: OneStepTask | None = None,
+            guesses: Sequence[Expr | None] | None = None) -> RunResult:
+    """One run alone (a guided one asks the model on its own; a warm one starts from ``guesses``)."""
     search = search_for(problem, seed, settings)
-    proposer = proposer_for(problem, seed, settings, model, task, search) if method == "neural" else None
+    guided = method in ("neural", "warm_neural")
+    proposer = proposer_for(problem, seed, settings, model, task, search) if guided else None
     clock = RunClock()
-    trace = search.run(proposer, clock)
+    with clock:
+        start = warm_population(search, guesses, settings.warm) if method.startswith("warm") else None
+    trace = search.run(proposer, clock, start)
     return result_of(problem, method, seed, trace, clock.seconds, proposer)
 
 
@@ -197,15 +223,42 @@ def shard_runs(problems: Sequence[Problem], seeds: int, shard: tuple[int, int] =
     return [(p, s) for p in problems for s in range(seeds)][index::count]
 
 
-def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo, task: OneStepTask,
-            batch_runs: int = 64, shard: tuple[int, int] = (0, 1)) -> list[RunResult]:
-    """Both methods on every problem and seed of the shard: BasicSR run by run, the guided runs in lockstep."""
+def warm_guesses(runs: Sequence[tuple[Problem, int]], settings: ComparisonSettings, model: GPTNeo,
+                 task: OneStepTask) -> list[list[Expr | None]]:
+    """Each run's direct guesses: ``init_samples`` sampled for its problem from a generator of its seed."""
+    found: dict[tuple[int, int], list[Expr | None]] = {}
+    for seed in sorted({s for _, s in runs}):
+        problems = [p for p, s in runs if s == seed]
+        pairs = [direct_pair(p, settings.search_config()) for p in problems]
+        config = DirectSettings(samples=settings.init_samples, seed=seed)
+        for problem, guesses in zip(problems, direct_guesses(model, task, pairs, problems, config, greedy=False)):
+            found[problem.expression_id, seed] = guesses
+    return [found[p.expression_id, s] for p, s in runs]
+
+
+def compare(problems: Sequence[Problem], settings: ComparisonSettings, model: GPTNeo | None,
+            task: OneStepTask | None, batch_runs: int = 64, shard: tuple[int, int] = (0, 1),
+            direct: tuple[GPTNeo, OneStepTask] | None = None) -> list[RunResult]:
+    """Every method on every problem and seed of the shard: BasicSR cold, and warm from ``direct``'s guesses
+    when given; guided search (cold and warm) when a one-step ``model`` is given, its runs in lockstep.
+    Per run the results come in `METHODS` order."""
     runs = shard_runs(problems, settings.seeds, shard)
-    basic = [run_one(p, "basic", s, settings) for p, s in tqdm(runs, unit="run", desc="BasicSR", disable=None)]
-    guided = run_lockstep([guided_run(p, s, settings, model, task) for p, s in runs], batch_runs)
-    neural = [result_of(p, "neural", s, run.trace, run.clock.seconds, run.proposer)
-              for (p, s), run in zip(runs, guided)]
-    return [result for pair in zip(basic, neural) for result in pair]
+    guesses = warm_guesses(runs, settings, *direct) if direct is not None else None
+    methods: dict[str, list[RunResult]] = {
+        "basic": [run_one(p, "basic", s, settings) for p, s in tqdm(runs, unit="run", desc="BasicSR", disable=None)]}
+    if guesses is not None:
+        methods["warm"] = [run_one(p, "warm", s, settings, guesses=g) for (p, s), g in
+                           zip(tqdm(runs, unit="run", desc="warm BasicSR", disable=None), guesses)]
+    if model is not None:
+        for method, starts in (("neural", [None] * len(runs)), ("warm_neural", guesses)):
+            if starts is None:
+                continue
+            done = run_lockstep([guided_run(p, s, settings, model, task, g) for (p, s), g in zip(runs, starts)],
+                                batch_runs)
+            methods[method] = [result_of(p, method, s, run.trace, run.clock.seconds, run.proposer)
+                               for (p, s), run in zip(runs, done)]
+    ordered = [methods[m] for m in METHODS if m in methods]
+    return [result for per_run in zip(*ordered) for result in per_run]
 
 
 # -- summaries ------------------------------------------------------------------------------
@@ -240,13 +293,19 @@ def summarize(results: Sequence[RunResult]) -> dict[str, dict[str, Any]]:
     return summary
 
 
+def challenger(results: Sequence[RunResult]) -> str:
+    """The method set against BasicSR in the headline: the warm start when there is one, else guided search."""
+    return "warm" if any(r.method == "warm" for r in results) else "neural"
+
+
 def solved_pairs(results: Sequence[RunResult]) -> dict[str, int]:
-    """Runs (problem, seed) solved by both methods or by one only: where the methods differ, not just how much."""
+    """Runs (problem, seed) solved by both BasicSR and the `challenger`, or by one only: where they differ."""
+    other = challenger(results)
     solved = {(r.expression_id, r.seed, r.method): r.solved for r in results}
     pairs = {(problem, seed) for problem, seed, _ in solved}
-    outcome = [(solved.get((*pair, "basic"), False), solved.get((*pair, "neural"), False)) for pair in pairs]
+    outcome = [(solved.get((*pair, "basic"), False), solved.get((*pair, other), False)) for pair in pairs]
     return {"both": outcome.count((True, True)), "basic_only": outcome.count((True, False)),
-            "neural_only": outcome.count((False, True)), "neither": outcome.count((False, False))}
+            f"{other}_only": outcome.count((False, True)), "neither": outcome.count((False, False))}
 
 
 SUMMARY_COLUMNS = ("runs", "solved", "solved_by_seed", "median_best_mse", "r2_rate", "median_generations_to_solve",
@@ -284,9 +343,10 @@ def render_markdown(summary: dict[str, dict[str, Any]], results: Sequence[RunRes
              f"{f', the fittest of {settings.oversample}x as many samples' if settings.oversample > 1 else ''}, "
              f"sampled at temperature {settings.temperature}; "
              f"solved = MSE <= {SOLVED_MSE:g} on the problem's points.", "", "## Summary", ""]
-    pairs = solved_pairs(results)
-    lines += summary_table(summary) + ["", f"Runs solved by both methods: {pairs['both']}, by BasicSR only: "
-                                       f"{pairs['basic_only']}, by neural-guided only: {pairs['neural_only']}, "
+    pairs, other = solved_pairs(results), challenger(results)
+    name = {"neural": "neural-guided", "warm": "warm-started BasicSR"}[other]
+    lines += summary_table(summary) + ["", f"Runs solved by both BasicSR and {name}: {pairs['both']}, by BasicSR "
+                                       f"only: {pairs['basic_only']}, by {name} only: {pairs[f'{other}_only']}, "
                                        f"by neither: {pairs['neither']}.", "", "## Per problem", ""]
     lines += problem_table(results)
     return "\n".join(lines) + "\n"
@@ -327,7 +387,8 @@ def merge(folders: Sequence[Path]) -> tuple[list[RunResult], ComparisonSettings,
         raise EvaluationInputError(f"shards {', '.join(given)} given; a merge needs each of 0/{count} .. "
                                    f"{count - 1}/{count} exactly once")
     runs = {i: [RunResult(**r) for r in by_index[(i, count)]["runs"]] for i in range(count)}
-    pairs = sum(len(r) for r in runs.values()) // len(METHODS)
+    methods = len({r.method for shard in runs.values() for r in shard})  # results per (problem, seed)
+    pairs = sum(len(r) for r in runs.values()) // methods
     ordered = [result for j in range(pairs)
-               for result in runs[j % count][(j // count) * len(METHODS):(j // count + 1) * len(METHODS)]]
+               for result in runs[j % count][(j // count) * methods:(j // count + 1) * methods]]
     return ordered, ComparisonSettings(**first["settings"]), first["checkpoint"]

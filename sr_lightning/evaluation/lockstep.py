@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from ..sr.expression import Expr
 from ..sr.search import BasicSR, ProposalRequest, RunClock, Trace
 from .proposals import NeuralProposer, propose_together
 
@@ -29,6 +30,7 @@ class GuidedRun:
     search: BasicSR
     proposer: NeuralProposer
     clock: RunClock = field(default_factory=RunClock)
+    start: list[Expr] | None = None  # the first population (None: BasicSR's own)
     request: ProposalRequest | None = None
     trace: Trace | None = None
     _steps: Generator | None = field(default=None, init=False, repr=False)
@@ -38,7 +40,7 @@ class GuidedRun:
         with self.clock:
             try:
                 if self._steps is None:
-                    self._steps = self.search.steps(asks=True, clock=self.clock)
+                    self._steps = self.search.steps(asks=True, clock=self.clock, start=self.start)
                     self.request = next(self._steps)
                 else:
                     self.request = self._steps.send(proposals)

@@ -37,6 +37,7 @@ from ..sr.primitives import Primitives
 from ..task import OneStepTask
 from ..teacher_forcing import teacher_forced
 from ..sr.problems import Problem
+from . import direct
 from .checkpoints import EvaluationInputError
 from .curves import plot_validation_curves
 
@@ -70,6 +71,7 @@ class EvalSettings:
     max_new_tokens: int = 128  # decoding budget per prediction
     chunk_size: int = 512  # examples in memory at a time
     limit: int | None = None  # evaluate only the first N lines (as validation's limit_val_batches does)
+    direct_samples: int = 16  # a direct model's sampled guesses per problem, besides the greedy one
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -294,6 +296,8 @@ def render_terminal(report: dict[str, Any]) -> str:
     rows = summary_rows(report)
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    if "direct" in report:
+        lines.append(f"direct: {direct_summary(report['direct'])}")
     lines += [f"WARNING: {text}" for text in report["findings"]] or ["no findings"]
     return "\n".join(lines)
 
@@ -317,10 +321,26 @@ def render_markdown(report: dict[str, Any], samples: Sequence[dict[str, str]]) -
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], samples: Sequence[dict[str, str]], out: Path) -> None:
+def write_report(report: dict[str, Any], samples: Sequence[dict[str, str]], out: Path,
+                 recoveries: Sequence[direct.Recovery] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(render_markdown(report, samples))
+    markdown = render_markdown(report, samples)
+    if recoveries is not None:
+        markdown += "\n".join(["", "## Direct: the expression from the points", "", direct_summary(report["direct"]),
+                                "", *direct.recovery_table(recoveries)]) + "\n"
+    (out / "report.md").write_text(markdown)
+
+
+def direct_summary(numbers: dict[str, Any]) -> str:
+    """One sentence of a direct model's recovery numbers (terminal and report.md)."""
+    if not numbers.get("problems"):
+        return "no problems with points to judge"
+    median = numbers["median_best_r2"]
+    return (f"{numbers['problems']} problems, {numbers['guesses_per_problem']} guesses each (greedy + sampled): "
+            f"greedy exact {numbers['greedy_exact_rate']:.1%}, any guess exact {numbers['exact_rate']:.1%}, "
+            f"best R^2 >= 0.99 {numbers['r2_rate']:.1%} (constants refitted), median best R^2 "
+            f"{'-' if median is None else f'{median:.4f}'}, valid guesses {numbers['valid_rate']:.1%}")
 
 
 def build_report(model: GPTNeo, task: OneStepTask, info: dict[str, Any], files: Sequence[Path],
@@ -338,6 +358,19 @@ def build_report(model: GPTNeo, task: OneStepTask, info: dict[str, Any], files: 
     if info.get("run_dir"):
         plot = plot_validation_curves(info["run_dir"], out / "validation_curves.png", info.get("best_step"))
     report["plot"] = None if plot is None else str(plot)
+    recoveries = _direct(model, task, files, settings, problems) if task.mode == "direct" else None
+    if recoveries is not None:
+        report["direct"] = direct.summarize(recoveries, direct.DirectSettings(samples=settings.direct_samples))
+        report["direct_problems"] = direct.recovery_rows(recoveries)
     report["findings"] = findings(report)
-    write_report(report, samples, out)
+    write_report(report, samples, out, recoveries)
     return report
+
+
+def _direct(model: GPTNeo, task: OneStepTask, files: Sequence[Path], settings: EvalSettings,
+            problems: ProblemIndex) -> list[direct.Recovery]:
+    """A direct model's recovery of each problem of the evaluated lines (those whose points are found)."""
+    pairs = read_pairs(files, LineReport(), settings.limit)
+    examples = [(pair, problem) for pair in pairs if (problem := problems.lookup(pair)) is not None]
+    return direct.recover(model, task, examples, direct.DirectSettings(samples=settings.direct_samples,
+                                                                       max_new_tokens=settings.max_new_tokens))
