@@ -224,7 +224,8 @@ def test_an_oversampled_run_counts_its_screened_samples_as_evaluations(trained):
     problem = named_problems()["x0_x1_squared"]
     plain = run_one(problem, "neural", 0, replace(SMALL, proposals=2), model, task)
     screened = run_one(problem, "neural", 0, replace(SMALL, proposals=2, oversample=4), model, task)
-    assert screened.proposals == plain.proposals  # still 2 per generation reach the population
+    assert plain.proposals == 2 * (plain.generations - 1)
+    assert screened.proposals == 4 * 2 * (screened.generations - 1)  # every sample drawn counts
     assert screened.evaluations > 0 and screened.well_formed <= screened.proposals
     budget = run_one(problem, "basic", 0, replace(SMALL, generations=None, budget_evaluations=30))
     assert 30 <= budget.evaluations and budget.generations >= 1

@@ -152,8 +152,8 @@ class RunResult:
     solved: bool  # best_mse <= 1e-10
     generations: int  # generations evaluated (a solved run stops early)
     generations_to_solve: int | None
-    proposals: int  # proposals returned by the model (neural only)
-    well_formed: int  # proposals that parsed within max_size and were used (repeats are not used)
+    proposals: int  # completions the model sampled (guided runs only; K x the slots with ``oversample`` K)
+    well_formed: int  # of them, those that parsed within max_size and were not repeats
     seconds: float
     repeats: int = 0  # well-formed proposals dropped as repeats (``distinct`` only)
     evaluations: int = 0  # fitness evaluations: distinct expressions scored, screened proposals included
@@ -197,8 +197,9 @@ def result_of(problem: Problem, method: str, seed: int, trace: Trace, seconds: f
     error = mse(problem.y, prediction)
     return RunResult(problem.name, problem.expression_id, problem.n_vars, method, seed, trace.best_expression,
                      error, r2(problem.y, prediction), error <= SOLVED_MSE, len(trace.generations),
-                     trace.generations_to_solve(SOLVED_MSE), trace.proposals_total, trace.proposals_well_formed,
-                     seconds, proposer.repeats if proposer else 0, trace.evaluations)
+                     trace.generations_to_solve(SOLVED_MSE), proposer.drawn if proposer else 0,
+                     proposer.well_formed - proposer.repeats if proposer else 0, seconds,
+                     proposer.repeats if proposer else 0, trace.evaluations)
 
 
 def run_one(problem: Problem, method: str, seed: int, settings: ComparisonSettings,

@@ -84,7 +84,9 @@ class NeuralProposer:
         self.tokenizer = task.tokenizer
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.count = config.population_size - 1 if count is None else count
-        self.distinct, self.repeats = distinct, 0
+        self.distinct = distinct
+        self.drawn = self.well_formed = self.repeats = 0  # completions sampled; of them parsed within max_size;
+        # of those, dropped as repeats (``distinct``)
         self.oversample, self.screen = oversample, screen
         self.generator = torch.Generator(device=model.wte.weight.device).manual_seed(seed)
         self.grammar = grammar_for(task.tokenizer, n_vars, config.binary_ops, config.unary_ops, config.constants,
@@ -118,10 +120,12 @@ class NeuralProposer:
         """The expressions of this run's completions (None where unusable, or a repeat with ``distinct``);
         with ``oversample``, the ``count`` fittest of them."""
         proposals = [first_expression(self.tokenizer.decode(out)) for out in completions]
+        usable = [usable_proposal(p, self.config.max_size) is not None for p in proposals]
+        self.drawn += len(proposals)
+        self.well_formed += sum(usable)
         if self.distinct:
             kept = drop_repeats(proposals, expressions)
-            self.repeats += sum(k is None and usable_proposal(p, self.config.max_size) is not None
-                                for p, k in zip(proposals, kept))
+            self.repeats += sum(k is None and ok for k, ok in zip(kept, usable))
             proposals = kept
         return self._fittest(proposals) if self.oversample > 1 else proposals
 
