@@ -48,6 +48,8 @@ def build_parser() -> ArgumentParser:
     report.add_argument("--max-new-tokens", type=int, default=128)
     report.add_argument("--samples", type=int, default=16, help="a direct model's sampled guesses per problem "
                         "(best-of-k, besides the greedy one; default 16)")
+    report.add_argument("--constrained", action="store_true", help="a direct model's guesses are well-formed "
+                        "expressions over each problem's primitives (the prefix-validity mask)")
     search = command_parser("evaluate.py search", "neural-guided search vs BasicSR")
     _common(search)
     search.add_argument("--problems", type=int, default=10, help="held-out generated problems (default 10)")
@@ -70,7 +72,8 @@ def build_parser() -> ArgumentParser:
     search.add_argument("--distinct", action="store_true", help="a proposal already in the population or the "
                         "batch falls back to an evolved child")
     search.add_argument("--constrained", action="store_true", help="sample only well-formed expressions over "
-                        "each problem's variables, operators and constants (a prefix-validity mask per token)")
+                        "each problem's variables, operators and constants (a prefix-validity mask per token; "
+                        "proposals and direct guesses)")
     search.add_argument("--init", choices=("random", "direct"), default="random", help="direct: --checkpoint is "
                         "a direct model; BasicSR also runs warm-started from its guesses, against the cold start")
     search.add_argument("--warm", type=int, default=5, help="with --init direct: the fittest distinct guesses "
@@ -153,7 +156,7 @@ def report(args: Namespace) -> None:
     files = resolve_files(args.data or run_files(info))
     limit = _limit(args, info, files)
     settings = EvalSettings(batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, limit=limit,
-                            direct_samples=args.samples)
+                            direct_samples=args.samples, direct_constrained=args.constrained)
     out = _out(args, info, "evaluation")
     problems = ProblemIndex(args.problems or points_file(info))  # as the run found them
     result = build_report(model, task, info, files, settings, problems, out)

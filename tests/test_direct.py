@@ -16,11 +16,12 @@ from sr_lightning.data.generate import Job, direct_record, main as generate_main
 from sr_lightning.data.points import ProblemIndex
 from sr_lightning.data.stream import BadInputError, LineReport
 from sr_lightning.data.tokenizer import SRTokenizer
-from sr_lightning.evaluation.direct import DirectSettings, judge, recover, summarize
+from sr_lightning.evaluation.direct import DirectSettings, direct_guesses, direct_pair, judge, recover, summarize
 from sr_lightning.evaluation.guided_search import ComparisonSettings, held_out_problems, run_one, warm_population
 from sr_lightning.evaluation.report import read_pairs
 from sr_lightning.module import OneStepLM
 from sr_lightning.sr.expression import parse
+from sr_lightning.sr.primitives import Primitives
 from sr_lightning.sr.problems import ProblemConfig, named_problems
 from sr_lightning.sr.refit import refit_constants
 from sr_lightning.sr.search import BasicSR, SearchConfig
@@ -138,6 +139,18 @@ def test_warm_start_puts_the_fittest_distinct_guesses_first():
     start = warm_population(search, guesses, 2)
     assert [str(e) for e in start[:2]] == ["(((x0 * x0) + x0) + 1.0)", "(x0 * x0)"]
     assert len(start) == 6 and search.evaluations == 3  # the distinct guesses were scored by the run
+
+
+def test_constrained_direct_guesses_are_well_formed_over_each_problems_primitives():
+    module = _micro()
+    task = replace(module.task, mode="direct")
+    problems = held_out_problems(3)
+    pairs = [direct_pair(problem) for problem in problems]
+    settings = DirectSettings(samples=8, max_new_tokens=40, constrained=True)
+    rows = direct_guesses(module.model.eval(), task, pairs, problems, settings)
+    for pair, row in zip(pairs, rows):
+        primitives = Primitives.from_context(pair.context)
+        assert len(row) == 9 and all(g is not None and primitives.admits(g) and g.size <= 25 for g in row)
 
 
 @pytest.mark.slow

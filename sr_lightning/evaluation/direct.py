@@ -23,10 +23,12 @@ from tqdm import tqdm
 from ..data.batches import Encoded
 from ..data.format import Pair, direct_context
 from ..data.points import points_batch
-from ..decoding import generate, sample_shared
+from ..constrained import ExpressionGrammar, grammar_for
+from ..decoding import sample_shared
 from ..markdown import code_cell, table
 from ..model import GPTNeo
-from ..sr.expression import ExpressionError, Expr, parse_first, predict, r2
+from ..sr.expression import BINARY_OPS, ExpressionError, Expr, parse_first, predict, r2
+from ..sr.primitives import Primitives
 from ..sr.problems import Problem
 from ..sr.refit import refit_constants
 from ..sr.search import SearchConfig
@@ -45,6 +47,7 @@ class DirectSettings:
     max_new_tokens: int = 64
     seed: int = 0
     batch_size: int = 16  # problems per model call
+    constrained: bool = False  # sample only well-formed expressions over the problem's primitives
 
 
 def direct_pair(problem: Problem, config: SearchConfig = SearchConfig()) -> Pair:
@@ -52,7 +55,7 @@ def direct_pair(problem: Problem, config: SearchConfig = SearchConfig()) -> Pair
     return Pair("", direct_context(problem.n_vars, config.binary_ops, config.unary_ops, config.constants))
 
 
-def _prompt(model: GPTNeo, task: OneStepTask, pair: Pair, problem: Problem) -> list[int]:
+def _prompt(task: OneStepTask, pair: Pair, problem: Problem) -> list[int]:
     (input_ids, _), = task.tokenizer.encode_pairs([task.described(pair, problem)])
     return task.prompt_ids(Encoded(input_ids, [], "direct"))
 
@@ -64,7 +67,7 @@ def _prefixes(model: GPTNeo, task: OneStepTask, problems: Sequence[Problem]) -> 
         return model.point_prefix(points_batch(problems, task.max_points))
 
 
-def first_expression(text: str) -> Expr | None:
+def _parsed_first(text: str) -> Expr | None:
     try:
         return parse_first(text)
     except ExpressionError:
@@ -86,25 +89,36 @@ def direct_guesses(model: GPTNeo, task: OneStepTask, pairs: Sequence[Pair], prob
                                                         problems[start:start + size], settings, greedy)]
 
 
+def grammar_of(task: OneStepTask, pair: Pair, config: SearchConfig = SearchConfig()) -> ExpressionGrammar:
+    """The well-formed expressions over the primitives the pair's context line names, within the search's
+    size and depth limits."""
+    primitives = Primitives.from_context(pair.context)
+    if primitives is None:
+        raise ValueError(f"{pair.source or 'a direct example'}: no context line naming its primitives to constrain to")
+    binary = tuple(sorted(op for op in primitives.ops if op in BINARY_OPS))
+    unary = tuple(sorted(op for op in primitives.ops if op not in BINARY_OPS))
+    return grammar_for(task.tokenizer, primitives.n_vars, binary, unary, tuple(sorted(primitives.constants)),
+                       config.max_size, config.max_depth)
+
+
 def _guesses(model: GPTNeo, task: OneStepTask, pairs: Sequence[Pair], problems: Sequence[Problem],
              settings: DirectSettings, greedy: bool) -> list[list[Expr | None]]:
     device = model.wte.weight.device
-    prompts = [_prompt(model, task, pair, problem) for pair, problem in zip(pairs, problems)]
-    prefixes = _prefixes(model, task, problems)
+    prompts = [_prompt(task, pair, problem) for pair, problem in zip(pairs, problems)]
     tokenizer = task.tokenizer
+    common = {"eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id, "max_new_tokens": settings.max_new_tokens,
+              "prefixes": _prefixes(model, task, problems),
+              "grammars": [grammar_of(task, pair) for pair in pairs] if settings.constrained else None}
     guesses: list[list[list[int]]] = [[] for _ in prompts]
     if greedy:
-        outputs = generate(model, prompts, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                           max_new_tokens=settings.max_new_tokens, prefixes=prefixes)
-        guesses = [[out] for out in outputs]
+        guesses = sample_shared(model, prompts, 1, temperature=0.0, **common)
     if settings.samples:
         generators = [torch.Generator(device=device).manual_seed(settings.seed * 1_000_003 + p.expression_id)
                       for p in problems]
-        sampled = sample_shared(model, prompts, settings.samples, eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                                max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                                generators=generators, prefixes=prefixes)
+        sampled = sample_shared(model, prompts, settings.samples, temperature=settings.temperature,
+                                generators=generators, **common)
         guesses = [mine + theirs for mine, theirs in zip(guesses, sampled)]
-    return [[first_expression(tokenizer.decode(out)) for out in row] for row in guesses]
+    return [[_parsed_first(tokenizer.decode(out)) for out in row] for row in guesses]
 
 
 @dataclass

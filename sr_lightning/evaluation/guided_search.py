@@ -231,7 +231,7 @@ def warm_guesses(runs: Sequence[tuple[Problem, int]], settings: ComparisonSettin
     for seed in sorted({s for _, s in runs}):
         problems = [p for p, s in runs if s == seed]
         pairs = [direct_pair(p, settings.search_config()) for p in problems]
-        config = DirectSettings(samples=settings.init_samples, seed=seed)
+        config = DirectSettings(samples=settings.init_samples, seed=seed, constrained=settings.constrained)
         for problem, guesses in zip(problems, direct_guesses(model, task, pairs, problems, config, greedy=False)):
             found[problem.expression_id, seed] = guesses
     return [found[p.expression_id, s] for p, s in runs]

@@ -72,6 +72,7 @@ class EvalSettings:
     chunk_size: int = 512  # examples in memory at a time
     limit: int | None = None  # evaluate only the first N lines (as validation's limit_val_batches does)
     direct_samples: int = 16  # a direct model's sampled guesses per problem, besides the greedy one
+    direct_constrained: bool = False  # a direct model's guesses are well-formed over the problem's primitives
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -360,7 +361,8 @@ def build_report(model: GPTNeo, task: OneStepTask, info: dict[str, Any], files: 
     report["plot"] = None if plot is None else str(plot)
     recoveries = _direct(model, task, files, settings, problems) if task.mode == "direct" else None
     if recoveries is not None:
-        report["direct"] = direct.summarize(recoveries, direct.DirectSettings(samples=settings.direct_samples))
+        report["direct"] = {**direct.summarize(recoveries, direct.DirectSettings(samples=settings.direct_samples)),
+                            "constrained": settings.direct_constrained}
         report["direct_problems"] = direct.recovery_rows(recoveries)
     report["findings"] = findings(report)
     write_report(report, samples, out, recoveries)
@@ -372,5 +374,6 @@ def _direct(model: GPTNeo, task: OneStepTask, files: Sequence[Path], settings: E
     """A direct model's recovery of each problem of the evaluated lines (those whose points are found)."""
     pairs = read_pairs(files, LineReport(), settings.limit)
     examples = [(pair, problem) for pair in pairs if (problem := problems.lookup(pair)) is not None]
-    return direct.recover(model, task, examples, direct.DirectSettings(samples=settings.direct_samples,
-                                                                       max_new_tokens=settings.max_new_tokens))
+    config = direct.DirectSettings(samples=settings.direct_samples, max_new_tokens=settings.max_new_tokens,
+                                   constrained=settings.direct_constrained)
+    return direct.recover(model, task, examples, config)
