@@ -197,3 +197,10 @@ def test_the_payoff_plot_reads_the_loops_summaries(tmp_path):
     out = tmp_path / "payoff.png"
     assert cli.main(["plot", str(tmp_path / "dagger"), str(tmp_path / "expert-iteration"), "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loop_settings_refuse_unknown_loops_and_labels():
+    with pytest.raises(ValueError, match="loop must be one of dagger, expert-iteration"):
+        LoopSettings(loop="reinforce")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        LoopSettings(labels="best")

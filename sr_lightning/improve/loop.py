@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.format import dump_record
+from ..data.generate import TARGETS
 from ..data.points import SIDECAR
 from ..data.stream import resolve_files
 from ..evaluation import guided_search as gs
@@ -71,6 +72,14 @@ class LoopSettings:
                                                           distinct=True)
     """Guided search: the collection's runs use its budget and proposals; the payoff is this comparison."""
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loop not in LOOPS:
+            raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {self.loop!r}")
+        if self.labels not in TARGETS:
+            raise ValueError(f"labels must be one of {', '.join(TARGETS)}, got {self.labels!r}")
+        if self.problems < 1 or self.steps < 1:
+            raise ValueError(f"problems and steps must be at least 1, got {self.problems} and {self.steps}")
 
 
 def _json(path: Path) -> dict[str, Any] | None:
