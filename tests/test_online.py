@@ -210,3 +210,18 @@ def test_settings_shape_the_data(tokenizer):
     for bad in ({"targets": "best"}, {"generations": 1}, {"examples_per_problem": 0}):
         with pytest.raises(ValueError):
             OnlineSettings(**bad)
+
+
+def test_direct_mode_makes_one_example_per_problem_with_its_points(tokenizer, tmp_path):
+    task = OneStepTask(tokenizer, 1024, max_points=64, mode="direct")
+    data = OnlineBatches(task, STREAM, TINY)
+    batches = run(data)
+    ids = [i for b in batches for i in problem_ids(b)]
+    assert len(ids) == len(set(ids)) == sum(b["n_examples"] for b in batches)  # a new problem per example
+    assert len(ids) == TINY.problems_per_epoch  # an epoch is problems_per_epoch problems, as in one-step mode
+    assert all(b["points_X"].shape[0] == b["n_examples"] for b in batches)
+    main(["--heldout", str(tmp_path), "--mode", "direct", "--heldout-problems", "3", "--max-vars", "3"])
+    records = [json.loads(line) for line in (tmp_path / "val.jsonl").read_text().splitlines()]
+    assert len(records) == 3 + len(named_problems()) and all("population" not in r for r in records)
+    problems = load_problems(tmp_path / "problems.json")
+    assert all(r["target"] == problems[r["expression_id"]].expression for r in records)

@@ -223,7 +223,8 @@ class OnlineBatches(BatchStream):
     def __len__(self) -> int:
         """Batches per rank and epoch (the same on every rank)."""
         o = self.online
-        return max(1, -(-o.problems_per_epoch * o.batches_per_problem // (self.world_size * self.problems_per_batch)))
+        fed = 1 if self.task.mode == "direct" else o.batches_per_problem  # batches one problem's examples reach
+        return max(1, -(-o.problems_per_epoch * fed // (self.world_size * self.problems_per_batch)))
 
     def family_of(self, epoch: int, index: int) -> tuple[int, int]:
         """``(M, q)``: the global family number of batch ``index`` of ``epoch`` and its member number."""
@@ -324,6 +325,8 @@ def build_parser() -> ArgumentParser:
                        description="Measure online examples/s, or write the held-out set.")
     p.add_argument("--bench", action="store_true", help="measure examples/s (one process, then --workers)")
     p.add_argument("--heldout", metavar="DIR", help="write the held-out validation set into DIR")
+    p.add_argument("--mode", choices=("onestep", "direct"), default="onestep", help="the examples of the held-out "
+                   "set: one-step records of each problem's search, or each problem's direct record")
     p.add_argument("--chunks", type=int, default=1, help="reuse_stride * batches_per_problem batches each")
     p.add_argument("--workers", type=int, default=0, help="also measure a DataLoader with this many workers")
     p.add_argument("--batch-size", type=int, default=64)
@@ -371,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     settings = OnlineSettings(**{f.name: getattr(args, f.name) for f in fields(OnlineSettings)})
     if args.heldout:
-        result = write_heldout_set(args.heldout, settings)
+        result = write_heldout_set(args.heldout, settings, args.mode)
     elif args.bench:
         task = OneStepTask(SRTokenizer.default(), args.max_length)
         result = bench(settings, task, StreamSettings(batch_size=args.batch_size, seed=args.seed), args.chunks,
