@@ -10,7 +10,7 @@ import pytest
 
 from sr_lightning.data.generate import records_from_trace
 from sr_lightning.data.stream import count_lines
-from sr_lightning.evaluation.checkpoints import EvaluationInputError, load_for_evaluation
+from sr_lightning.evaluation.checkpoints import EvaluationInputError, load_for_evaluation, run_files
 from sr_lightning.evaluation.guided_search import ComparisonSettings, held_out_problems
 from sr_lightning.improve import __main__ as cli
 from sr_lightning.improve import labels, loop as loop_module
@@ -204,3 +204,11 @@ def test_loop_settings_refuse_unknown_loops_and_labels():
         LoopSettings(loop="reinforce")
     with pytest.raises(ValueError, match="labels must be one of"):
         LoopSettings(labels="best")
+
+
+def test_an_online_run_has_no_training_files_to_imitate_but_has_its_held_out_set(tmp_path):
+    info = {"data": {"source": "online", "default_data_dir": str(tmp_path)}, "run_dir": None}
+    with pytest.raises(EvaluationInputError, match="no training files; pass --imitation-data"):
+        run_files(info, "train", "pass --imitation-data")
+    (held_out,) = run_files(info, "val")
+    assert held_out.startswith(str(tmp_path / "online-heldout-")) and held_out.endswith("val.jsonl")
