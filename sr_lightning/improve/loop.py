@@ -208,7 +208,8 @@ class Loop:
     def payoff(self, iteration: int) -> dict[str, Any]:
         """Guided search with this iteration's model vs BasicSR on the named and held-out problems."""
         out = self.folder(iteration) / "payoff"
-        if (done := _json(out / "search.json")) is None:
+        done = _json(out / "search.json") if (out / "search.md").is_file() else None  # .md is written last
+        if done is None:
             settings = self.settings.search
             model, task = self._model(iteration)
             results = gs.compare(gs.benchmark_problems(settings), settings, model, task, self.batch_runs)
