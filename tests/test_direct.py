@@ -162,7 +162,8 @@ def test_a_direct_micro_model_memorises_32_problems(tmp_path):
     data = OneStepDataModule(train_files=str(tmp_path / "train.jsonl"), batch_size=32, num_workers=0, mode="direct",
                              shuffle_buffer=64, length_grouping=0, task=module.task)
     trainer = L.Trainer(accelerator="cpu", max_steps=400, max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        default_root_dir=tmp_path)  # the run's tokenizer.json goes here, not into the clone
     trainer.fit(module, data)
     rows = recover(module.model.eval(), data.task, _examples(tmp_path / "train.jsonl"), DirectSettings(samples=0))
     assert len(rows) == 32
