@@ -34,17 +34,32 @@ def last_logged_step(run_dir: str | Path) -> int | None:
     return max(steps) if steps else None
 
 
-def plot_validation_curves(run_dir: str | Path, out: str | Path, best_step: int | None = None) -> Path | None:
-    """Write the plot to ``out``; None when the run logged no validation loss."""
-    series = read_scalars(run_dir)
-    if "val/loss" not in series:
-        return None
+def pyplot():
+    """matplotlib's pyplot drawing off-screen (imported on first use: most commands never plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (loss_ax, acc_ax) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    return plt
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Lay out ``fig``, write it to ``out`` (folders made as needed) and close it."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    pyplot().close(fig)
+    return out
+
+
+def plot_validation_curves(run_dir: str | Path, out: str | Path, best_step: int | None = None) -> Path | None:
+    """Write the plot to ``out``; None when the run logged no validation loss."""
+    series = read_scalars(run_dir)
+    if "val/loss" not in series:
+        return None
+    fig, (loss_ax, acc_ax) = pyplot().subplots(2, 1, figsize=(8, 7), sharex=True)
     for ax, tags, label in ((loss_ax, LOSS_TAGS, "loss per target token"), (acc_ax, ACCURACY_TAGS, "accuracy")):
         for tag in tags:
             if tag in series:
@@ -61,9 +76,4 @@ def plot_validation_curves(run_dir: str | Path, out: str | Path, best_step: int 
         loss_ax.plot([best_step], [best], marker="*", markersize=14, color="tab:red", linestyle="none")
     acc_ax.set_xlabel("optimizer step")
     loss_ax.set_title(f"validation curves: {Path(run_dir).name}")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

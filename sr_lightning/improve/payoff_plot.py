@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..evaluation.curves import pyplot, save_figure
+
 
 def read_summary(out: str | Path) -> list[dict]:
     """The ``summary.jsonl`` lines of a loop's output folder, in iteration order."""
@@ -21,13 +23,8 @@ def _per_seed(summary: dict) -> tuple[float, int, int]:
 
 
 def plot_payoff(outs: list[str | Path], path: str | Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     summaries = [read_summary(out) for out in outs]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for lines in summaries:
         iterations = [line["iteration"] for line in lines]
         stats = [_per_seed(line["payoff"]["neural"]) for line in lines]
@@ -46,9 +43,4 @@ def plot_payoff(outs: list[str | Path], path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("guided search vs BasicSR, per improvement iteration")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
