@@ -111,7 +111,8 @@ class Loop:
                  accelerator: str = "auto") -> None:
         self.out, self.device, self.batch_runs, self.accelerator = out, device, batch_runs, accelerator
         self.settings = settled(out, settings)
-        _, _, self.start_info = load_for_evaluation(settings.checkpoint)
+        model, task, self.start_info = load_for_evaluation(settings.checkpoint, device=device)
+        self._loaded = (self.start_info["checkpoint"], model, task)  # the last model loaded, kept for reuse
 
     def folder(self, iteration: int) -> Path:
         return self.out / f"iteration-{iteration}"
@@ -147,8 +148,12 @@ class Loop:
 
     # -- phases ---------------------------------------------------------------------------------------------------
     def _model(self, iteration: int):
-        model, task, _ = load_for_evaluation(self.checkpoint(iteration), device=self.device)
-        return model, task
+        """The model after ``iteration``; the payoff of one iteration and the collection of the next share it."""
+        path = self.checkpoint(iteration)
+        if self._loaded[0] != path:
+            model, task, _ = load_for_evaluation(path, device=self.device)
+            self._loaded = (path, model, task)
+        return self._loaded[1:]
 
     def collect(self, iteration: int) -> dict[str, Any]:
         """Guided runs of the previous model on new training problems, and their improvement examples."""
